@@ -284,7 +284,7 @@ impl<B: BlockDevice> Blk<B> {
     }
 
     fn data_sectors(&self, sector: u64, len: u32) -> Result<u64, BlkError> {
-        if len % SECTOR_SIZE as u32 != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE as u32) {
             return Err(BlkError::DataNotSectorMultiple { len });
         }
         if len > MAX_REQUEST_BYTES {
@@ -346,7 +346,8 @@ impl<B: BlockDevice> Blk<B> {
     ) -> Result<(), BlkError> {
         let len = reader.remaining();
         let segments = len / RANGE_SEGMENT_LEN;
-        if len % RANGE_SEGMENT_LEN != 0 || segments == 0 || segments > MAX_RANGE_SEGMENTS {
+        if !len.is_multiple_of(RANGE_SEGMENT_LEN) || segments == 0 || segments > MAX_RANGE_SEGMENTS
+        {
             return Err(BlkError::BadRangeSegments { len });
         }
         if self.disk.read_only() {

@@ -308,6 +308,10 @@ impl<D: DeviceModel> Device<D> {
 
     /// Writes all 64 driver feature bits.
     pub fn set_driver_features(&mut self, features: u64) {
+        if self.status & STATUS_FEATURES_OK != 0 {
+            self.lifecycle(LifecycleError::FeaturesAfterFeaturesOk);
+            return;
+        }
         self.set_driver_features_word(0, features as u32);
         self.set_driver_features_word(1, (features >> 32) as u32);
     }

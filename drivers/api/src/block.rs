@@ -114,7 +114,7 @@ impl RamDisk {
             .and_then(|s| s.checked_mul(SECTOR_SIZE))
             .ok_or(DeviceError::OutOfRange)?;
         let end = start.checked_add(bytes).ok_or(DeviceError::OutOfRange)?;
-        if end > self.data.len() || bytes % SECTOR_SIZE != 0 {
+        if end > self.data.len() || !bytes.is_multiple_of(SECTOR_SIZE) {
             return Err(DeviceError::OutOfRange);
         }
         Ok(start..end)
