@@ -431,30 +431,18 @@ fn bad_queue_layouts_are_refused() {
     dev.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     dev.set_driver_features(BASE_FEATURES);
     dev.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-    assert!(
-        !dev.configure_queue(0, 6, (0x1000, 0x2000, 0x3000), true),
-        "not a power of two"
-    );
-    assert!(
-        !dev.configure_queue(0, 4096, (0x1000, 0x2000, 0x3000), true),
-        "above max"
-    );
-    assert!(
-        !dev.configure_queue(0, 8, (0x1008, 0x2000, 0x3000), true),
-        "misaligned table"
-    );
-    assert!(
-        !dev.configure_queue(0, 8, (0x1000, 0x2001, 0x3000), true),
-        "misaligned avail"
-    );
-    assert!(
-        !dev.configure_queue(0, 8, (0x1000, 0x2000, 0x3002), true),
-        "misaligned used"
-    );
-    assert!(
-        !dev.configure_queue(1, 8, (0x1000, 0x2000, 0x3000), true),
-        "no such queue"
-    );
+    let rings = (0x1000, 0x2000, 0x3000);
+    let refused = [
+        (0, 6, rings, "not a power of two"),
+        (0, 4096, rings, "above max"),
+        (0, 8, (0x1008, 0x2000, 0x3000), "misaligned table"),
+        (0, 8, (0x1000, 0x2001, 0x3000), "misaligned avail"),
+        (0, 8, (0x1000, 0x2000, 0x3002), "misaligned used"),
+        (1, 8, rings, "no such queue"),
+    ];
+    for (queue, size, rings, why) in refused {
+        assert!(!dev.configure_queue(queue, size, rings, true), "{why}");
+    }
     assert_eq!(dev.take_faults().len(), 6);
     assert!(dev.configure_queue(0, 8, (0x1000, 0x2000, 0x3000), true));
 }
