@@ -385,3 +385,47 @@ pub fn encode_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
     d[14..].copy_from_slice(&next.to_le_bytes());
     d
 }
+
+/// A deterministic entropy source (xorshift64*) that remembers every byte it produced, so a
+/// test can check that what the driver received came from the source.
+pub struct RecordingSource {
+    state: u64,
+    /// Every byte handed out, in order.
+    pub produced: Vec<u8>,
+}
+
+impl RecordingSource {
+    /// A source seeded with `seed` (non-zero).
+    pub fn new(seed: u64) -> Self {
+        RecordingSource {
+            state: seed,
+            produced: Vec::new(),
+        }
+    }
+}
+
+impl ferry_drivers::EntropySource for RecordingSource {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, ferry_drivers::DeviceError> {
+        for b in buf.iter_mut() {
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            *b = (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
+        }
+        self.produced.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+}
+
+/// `len` bytes of a test pattern that differs for each `seed` (xorshift32).
+pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}

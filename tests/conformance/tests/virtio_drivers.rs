@@ -3,42 +3,13 @@
 
 use ferry_backend_blk::{Blk, FEATURE_FLUSH};
 use ferry_backend_rng::Rng;
-use ferry_conformance::{InProcessTransport, TestHal};
-use ferry_drivers::{BlockDevice, DeviceError, EntropySource, RamDisk, SECTOR_SIZE};
+use ferry_conformance::{pattern, InProcessTransport, RecordingSource, TestHal};
+use ferry_drivers::{BlockDevice, RamDisk, SECTOR_SIZE};
 use ferry_virtio::features::*;
 use ferry_virtio::Device;
 use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE as VD_SECTOR};
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::InterruptStatus;
-
-/// A deterministic entropy source that remembers every byte it produced.
-struct RecordingSource {
-    state: u64,
-    produced: Vec<u8>,
-}
-
-impl RecordingSource {
-    fn new(seed: u64) -> Self {
-        RecordingSource {
-            state: seed,
-            produced: Vec::new(),
-        }
-    }
-}
-
-impl EntropySource for RecordingSource {
-    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        for b in buf.iter_mut() {
-            // xorshift64*
-            self.state ^= self.state >> 12;
-            self.state ^= self.state << 25;
-            self.state ^= self.state >> 27;
-            *b = (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
-        }
-        self.produced.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-}
 
 #[test]
 fn virtio_drivers_rng_reads_entropy_from_the_source() {
@@ -72,18 +43,6 @@ fn virtio_drivers_rng_reads_entropy_from_the_source() {
     assert_eq!(device.model().served_bytes(), received.len() as u64);
     assert!(device.requests() >= 16);
     assert!(received.windows(2).any(|w| w[0] != w[1]), "not constant");
-}
-
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
