@@ -1,20 +1,50 @@
-//! `image-builder`: builds Ferry appliance images.
+//! `image-builder`: builds Ferry appliance images and runs systems under QEMU.
 //!
-//! `image-builder build [--out DIR]` builds every appliance for bare metal and writes
-//! `DIR/<appliance>.img` (default DIR: `build/images` in the workspace).
+//! - `image-builder build [--out DIR]` builds every appliance for bare metal and writes
+//!   `DIR/<appliance>.img` (default DIR: `build/images` in the workspace).
+//! - `image-builder run <system.toml> [--timeout S] [--icount] [--keep DIR] [--no-build]` builds
+//!   the images, writes Xen's device tree and boots the system in QEMU; the console goes to
+//!   stdout as `<domain> | <line>`, progress to stderr; exit status 0 only when every domain
+//!   powered off cleanly.
+//! - `image-builder bench [--system FILE] [--sizes LIST] [--no-build]` prints image sizes, the
+//!   smallest domain memory the system passes with, and boot-to-ready times under icount.
+//!
+//! Reference: docs/image-builder.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use image_builder::appliances::{self, BuildOptions, DEFAULT_TOOLCHAIN};
+use image_builder::bench;
+use image_builder::config::{self, format_size, parse_size, System};
+use image_builder::console::Outcome;
+use image_builder::image::Header;
+use image_builder::qemu::{self, Print, RunOptions, RunReport};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Builds Ferry appliance images")]
+#[command(
+    version,
+    about = "Builds Ferry appliance images and runs Ferry systems under QEMU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImageArgs {
+    /// Use the images already in the image directory instead of building them
+    #[arg(long)]
+    no_build: bool,
+    /// Directory of the images [default: build/images in the workspace]
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+    /// rustup toolchain of the bare-metal build
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_TOOLCHAIN)]
+    toolchain: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,11 +58,39 @@ enum Command {
         #[arg(long, value_name = "NAME", default_value = DEFAULT_TOOLCHAIN)]
         toolchain: String,
     },
+    /// Boot a system file under QEMU and report the domains' verdict
+    Run {
+        /// The system file, e.g. boards/qemu-virt-arm64/selftest.toml
+        system: PathBuf,
+        /// Seconds before QEMU is killed and the run fails [default: the system's timeout_seconds]
+        #[arg(long, value_name = "S")]
+        timeout: Option<u64>,
+        /// Deterministic virtual time: QEMU -icount (board's setting) with one CPU
+        #[arg(long)]
+        icount: bool,
+        /// Keep the device trees and the QEMU command (qemu.sh) in DIR
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        #[command(flatten)]
+        images: ImageArgs,
+    },
+    /// Print image sizes, the smallest domain memory that passes, and boot-to-ready times
+    Bench {
+        /// The system to measure [default: boards/qemu-virt-arm64/selftest.toml]
+        #[arg(long, value_name = "FILE")]
+        system: Option<PathBuf>,
+        /// Memory sizes to try for every domain, largest first
+        #[arg(long, value_name = "LIST", default_value = "16M,8M,4M,2M,1M")]
+        sizes: String,
+        #[command(flatten)]
+        images: ImageArgs,
+    },
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    match dispatch(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("image-builder: error: {error:#}");
             ExitCode::FAILURE
@@ -40,10 +98,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs a command; `Ok(false)` is a run whose verdict is a failure.
+fn dispatch(cli: Cli) -> Result<bool> {
     match cli.command {
-        Command::Build { out, toolchain } => build(out, toolchain),
+        Command::Build { out, toolchain } => build(out, toolchain).map(|()| true),
+        Command::Run {
+            system,
+            timeout,
+            icount,
+            keep,
+            images,
+        } => run(&system, timeout, icount, keep, &images),
+        Command::Bench {
+            system,
+            sizes,
+            images,
+        } => bench(system, &sizes, &images).map(|()| true),
     }
+}
+
+fn progress(line: &str) {
+    eprintln!("image-builder: {line}");
 }
 
 fn build(out: Option<PathBuf>, toolchain: String) -> Result<()> {
@@ -54,7 +129,7 @@ fn build(out: Option<PathBuf>, toolchain: String) -> Result<()> {
         out_dir,
         toolchain,
     };
-    let images = appliances::build_all(&options, &mut |line| eprintln!("image-builder: {line}"))?;
+    let images = appliances::build_all(&options, &mut |line| progress(line))?;
     let width = images
         .iter()
         .map(|image| image.name.len())
@@ -70,4 +145,240 @@ fn build(out: Option<PathBuf>, toolchain: String) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Builds the images unless told not to; returns the image directory.
+fn prepare_images(args: &ImageArgs) -> Result<PathBuf> {
+    let workspace_root = appliances::find_workspace_root();
+    let images = match (&args.images, &workspace_root) {
+        (Some(images), _) => images.clone(),
+        (None, Ok(root)) => root.join("build").join("images"),
+        (None, Err(error)) => bail!("cannot find the workspace for build/images: {error:#}"),
+    };
+    if args.no_build {
+        return Ok(images);
+    }
+    let options = BuildOptions {
+        workspace_root: workspace_root?,
+        out_dir: images.clone(),
+        toolchain: args.toolchain.clone(),
+    };
+    progress(&format!(
+        "building appliance images into {}",
+        images.display()
+    ));
+    let built = appliances::build_all(&options, &mut |line| progress(line))?;
+    for image in &built {
+        progress(&format!(
+            "  {}: {} bytes ({})",
+            image.name,
+            image.bytes,
+            image.path.display()
+        ));
+    }
+    Ok(images)
+}
+
+/// Prints console lines as `<label> | <text>` with labels padded to one width.
+fn console_printer(system: &System) -> impl FnMut(Print) {
+    let width = system
+        .domains
+        .iter()
+        .map(|domain| domain.name.len())
+        .chain([4])
+        .max()
+        .unwrap_or(4);
+    move |print| match print {
+        Print::Progress(line) => progress(&line),
+        Print::Console { label, text } => println!("{label:<width$} | {text}"),
+    }
+}
+
+fn run(
+    system_path: &Path,
+    timeout: Option<u64>,
+    icount: bool,
+    keep: Option<PathBuf>,
+    image_args: &ImageArgs,
+) -> Result<bool> {
+    let system = config::load_system(system_path)?;
+    let images = prepare_images(image_args)?;
+    let options = RunOptions {
+        images,
+        timeout: Duration::from_secs(timeout.unwrap_or(system.timeout_seconds)),
+        icount,
+        keep,
+    };
+    let report = qemu::run(&system, &options, &mut console_printer(&system))?;
+    for line in report.summary(&system) {
+        eprintln!("{line}");
+    }
+    print_ready(&system, &report);
+    Ok(report.is_success())
+}
+
+fn print_ready(system: &System, report: &RunReport) {
+    for (name, ready) in qemu::ready_figures(system, report) {
+        eprintln!(
+            "ready: {name}: {} ticks at {} Hz = {:.1} us after domain start",
+            ready.ticks,
+            ready.frequency,
+            ready.microseconds()
+        );
+    }
+}
+
+fn bench(system_path: Option<PathBuf>, sizes: &str, image_args: &ImageArgs) -> Result<()> {
+    let system_path = match system_path {
+        Some(path) => path,
+        None => appliances::find_workspace_root()?
+            .join("boards")
+            .join("qemu-virt-arm64")
+            .join("selftest.toml"),
+    };
+    let sizes: Vec<u64> = sizes
+        .split(',')
+        .map(|size| parse_size(size).map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()
+        .context("--sizes")?;
+    let system = config::load_system(&system_path)?;
+    let images = prepare_images(image_args)?;
+    let quiet = |print: Print| {
+        if let Print::Progress(line) = print {
+            if line.starts_with("starting QEMU") {
+                progress(&line);
+            }
+        }
+    };
+
+    // 1. Image sizes.
+    let mut table = vec![format!("# images ({})", images.display())];
+    let mut entries: Vec<_> = std::fs::read_dir(&images)
+        .with_context(|| format!("cannot read {}", images.display()))?
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".img"))
+        .collect();
+    entries.sort_by_key(|entry| entry.file_name());
+    table.push(format!(
+        "{:<16} {:>10} {:>12}",
+        "appliance", "bytes", "image_size"
+    ));
+    for entry in entries {
+        let bytes = std::fs::read(entry.path())?;
+        let image_size = Header::parse(&bytes)
+            .map(|header| header.image_size.to_string())
+            .unwrap_or_else(|| "-".to_owned());
+        table.push(format!(
+            "{:<16} {:>10} {:>12}",
+            entry.file_name().to_string_lossy().trim_end_matches(".img"),
+            bytes.len(),
+            image_size
+        ));
+    }
+
+    // 2. Smallest memory that passes, every domain at the same size.
+    let timeout = Duration::from_secs(system.timeout_seconds);
+    let search = bench::smallest_memory(&sizes, &mut |size| {
+        let mut sized = system.clone();
+        sized.set_all_memory(size)?;
+        let options = RunOptions {
+            images: images.clone(),
+            timeout,
+            icount: false,
+            keep: None,
+        };
+        let report = qemu::run(&sized, &options, &mut { quiet })?;
+        let verdict = verdict_word(&report);
+        progress(&format!(
+            "memory {}: {verdict} ({:.1} s)",
+            format_size(size),
+            report.elapsed.as_secs_f64()
+        ));
+        Ok(if report.is_success() {
+            Ok(())
+        } else {
+            Err(verdict)
+        })
+    })?;
+    table.push(String::new());
+    table.push(format!(
+        "# smallest domain memory ({}, every domain at the same size; tried {}, then \
+         bisected to a page)",
+        system_path.display(),
+        sizes
+            .iter()
+            .map(|&size| format_size(size))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    table.push(format!(
+        "smallest passing: {}",
+        search
+            .smallest_pass
+            .map_or("none".to_owned(), |size| format!(
+                "{} ({size} bytes)",
+                format_size(size)
+            ))
+    ));
+    table.push(match &search.largest_fail {
+        Some((size, verdict)) => format!(
+            "largest failing:  {} ({size} bytes): {verdict}",
+            format_size(*size)
+        ),
+        None => "largest failing:  none (every size tried passed)".to_owned(),
+    });
+
+    // 3. Boot to ready in guest virtual time (icount, one CPU), at the system's own memory.
+    let report = qemu::run(
+        &system,
+        &RunOptions {
+            images,
+            timeout,
+            icount: true,
+            keep: None,
+        },
+        &mut { quiet },
+    )?;
+    let ready = qemu::ready_figures(&system, &report);
+    table.push(String::new());
+    table.push(format!(
+        "# boot to ready (icount {}, -smp 1; guest counter from domain start; run: {})",
+        system.board.qemu.icount,
+        verdict_word(&report)
+    ));
+    table.push(format!(
+        "{:<12} {:>8} {:>12} {:>12} {:>12}",
+        "domain", "memory", "ticks", "freq_hz", "us"
+    ));
+    for domain in &system.domains {
+        match ready.get(&domain.name) {
+            Some(figure) => table.push(format!(
+                "{:<12} {:>8} {:>12} {:>12} {:>12.1}",
+                domain.name,
+                format_size(domain.memory),
+                figure.ticks,
+                figure.frequency,
+                figure.microseconds()
+            )),
+            None => table.push(format!(
+                "{:<12} {:>8} {:>12}",
+                domain.name,
+                format_size(domain.memory),
+                "(no `ferry: ready` line)"
+            )),
+        }
+    }
+    for line in table {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn verdict_word(report: &RunReport) -> String {
+    match &report.outcome {
+        Some(Outcome::AllPoweredOff) => "pass".to_owned(),
+        Some(outcome) => format!("fail: {outcome}"),
+        None if report.timed_out => "fail: timeout".to_owned(),
+        None => "fail: QEMU exited".to_owned(),
+    }
 }

@@ -1,0 +1,192 @@
+//! Placing the domU kernels in the board's module area.
+//!
+//! Each domain gets its own copy of its appliance image (Xen frees boot modules after it has
+//! built the domains, so two domains never share one), at the next address aligned to
+//! `modules.align`, in domain-id order. This module only computes and checks addresses; it
+//! never reads or writes images.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::config::{System, PAGE_SIZE};
+
+/// One domain's kernel in host memory: what `-device loader` loads and the module node's `reg`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Module {
+    /// The domain's id.
+    pub domid: u32,
+    /// The image file.
+    pub image: PathBuf,
+    /// Load address (page aligned).
+    pub address: u64,
+    /// Size of the image file in bytes.
+    pub size: u64,
+}
+
+impl Module {
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.address + self.size
+    }
+}
+
+/// The image of an appliance: `<images>/<appliance>.img`.
+pub fn image_path(images: &Path, appliance: &str) -> PathBuf {
+    images.join(format!("{appliance}.img"))
+}
+
+/// Places every domain's image; `size_of` gives an image file's size.
+pub fn place(
+    system: &System,
+    images: &Path,
+    size_of: &mut dyn FnMut(&Path) -> Result<u64>,
+) -> Result<Vec<Module>> {
+    let area = system.board.modules;
+    let align = area.align.0;
+    let mut next = area.base.0;
+    let mut modules = Vec::new();
+    for domain in &system.domains {
+        let image = image_path(images, &domain.appliance);
+        let size = size_of(&image)?;
+        if size == 0 {
+            bail!(
+                "domain '{}': image {} is empty",
+                domain.name,
+                image.display()
+            );
+        }
+        let address = next.div_ceil(align) * align;
+        let end = address + size;
+        if end > area.end() {
+            bail!(
+                "domain '{}': {} ({size} bytes) does not fit in the module area {}-{:#x} of {} \
+                 (next free address {address:#x})",
+                domain.name,
+                image.display(),
+                area.base,
+                area.end(),
+                system.board_path.display()
+            );
+        }
+        next = end;
+        modules.push(Module {
+            domid: domain.domid,
+            image,
+            address,
+            size,
+        });
+    }
+    check(&modules)?;
+    Ok(modules)
+}
+
+/// Checks that modules are page aligned and do not overlap.
+pub fn check(modules: &[Module]) -> Result<()> {
+    for (index, module) in modules.iter().enumerate() {
+        if module.address % PAGE_SIZE != 0 {
+            bail!(
+                "module of domain {} at {:#x} is not page aligned",
+                module.domid,
+                module.address
+            );
+        }
+        for other in &modules[index + 1..] {
+            if module.address < other.end() && other.address < module.end() {
+                bail!(
+                    "modules of domains {} ({:#x}-{:#x}) and {} ({:#x}-{:#x}) overlap",
+                    module.domid,
+                    module.address,
+                    module.end(),
+                    other.domid,
+                    other.address,
+                    other.end()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::{self, SystemFile};
+
+    pub(crate) fn test_system(text: &str) -> System {
+        let board = config::parse_board(
+            Path::new("board.toml"),
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/qemu-virt-arm64/board.toml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let path = Path::new("test.toml");
+        let file: SystemFile = config::parse_toml(path, text).unwrap();
+        config::resolve(path, &file, PathBuf::from("board.toml"), board).unwrap()
+    }
+
+    pub(crate) const TWO: &str = r#"
+board = "qemu-virt-arm64"
+hypervisor = "ferry"
+[[domain]]
+name = "ping"
+appliance = "selftest"
+memory = "4M"
+[[domain]]
+name = "pong"
+appliance = "other"
+memory = "4M"
+direct_map = { base = "0x60000000" }
+[[channel]]
+name = "selftest"
+ends = ["ping", "pong"]
+"#;
+
+    #[test]
+    fn modules_are_aligned_in_domain_order() {
+        let system = test_system(TWO);
+        let modules = place(&system, Path::new("/img"), &mut |path| {
+            Ok(if path.ends_with("selftest.img") {
+                (2 << 20) + 1
+            } else {
+                100
+            })
+        })
+        .unwrap();
+        assert_eq!(modules[0].address, 0x5000_0000);
+        assert_eq!(modules[0].image, PathBuf::from("/img/selftest.img"));
+        assert_eq!(modules[1].address, 0x5040_0000);
+        assert_eq!(modules[1].size, 100);
+    }
+
+    #[test]
+    fn modules_must_fit_and_not_overlap() {
+        let system = test_system(TWO);
+        let error = place(&system, Path::new("/img"), &mut |_| Ok(200 << 20)).unwrap_err();
+        assert!(error.to_string().contains("does not fit"), "{error}");
+        let overlapping = [
+            Module {
+                domid: 1,
+                image: PathBuf::new(),
+                address: 0x1000,
+                size: 0x2000,
+            },
+            Module {
+                domid: 2,
+                image: PathBuf::new(),
+                address: 0x2000,
+                size: 0x10,
+            },
+        ];
+        assert!(check(&overlapping).is_err());
+        let unaligned = [Module {
+            domid: 1,
+            image: PathBuf::new(),
+            address: 0x1800,
+            size: 0x10,
+        }];
+        assert!(check(&unaligned).is_err());
+    }
+}

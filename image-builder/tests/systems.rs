@@ -1,0 +1,258 @@
+//! Boots the board's systems under QEMU with `image-builder run` and checks their verdicts.
+//!
+//! - Every system file under `boards/` loads, and its Xen device tree builds against the
+//!   machine's real device tree (CI thereby builds every system it finds).
+//! - `selftest.toml` and `selftest-stock.toml` pass, and both domains report `ferry: ready`;
+//!   `selftest-panic.toml` fails and shows `ferry: panic:`.
+//! - The runner's own verdicts: a crashing domain fails the run with its last lines, a domain
+//!   too small for Xen fails with Xen's panic, and a timeout names the unfinished domains.
+//!
+//! The images are built once (the real bare-metal build), then every run uses `--no-build`.
+//! Runs are serialized: QEMU runs on two host cores and the runs time themselves.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use image_builder::config;
+use image_builder::devicetree;
+use image_builder::layout;
+use image_builder::qemu;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("image-builder is inside the workspace")
+        .to_owned()
+}
+
+fn board_dir() -> PathBuf {
+    workspace_root().join("boards").join("qemu-virt-arm64")
+}
+
+/// Builds the images once; holds the lock that serializes runs.
+fn images() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    BUILT.get_or_init(|| {
+        let output = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+            .arg("build")
+            .current_dir(workspace_root())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "image-builder build failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+    guard
+}
+
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+fn run(system: &Path, extra: &[&str]) -> Run {
+    let _lock = images();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .arg("run")
+        .arg(system)
+        .arg("--no-build")
+        .args(extra)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    let run = Run {
+        success: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    eprintln!("{}", run.all());
+    run
+}
+
+/// A system file in the test's own directory that uses the real board.
+fn temporary_system(name: &str, text: &str) -> PathBuf {
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("systems");
+    fs::create_dir_all(&directory).unwrap();
+    let path = directory.join(format!("{name}.toml"));
+    let board = board_dir().join("board.toml");
+    fs::write(&path, format!("board = \"{}\"\n{text}", board.display())).unwrap();
+    path
+}
+
+fn system_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for board in fs::read_dir(workspace_root().join("boards")).unwrap() {
+        let board = board.unwrap().path();
+        if !board.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&board).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .extension()
+                .is_some_and(|extension| extension == "toml")
+                && path.file_name().is_some_and(|name| name != "board.toml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn every_system_file_loads_and_its_device_tree_builds() {
+    let files = system_files();
+    assert!(
+        files.len() >= 3,
+        "expected the selftest systems, found {files:?}"
+    );
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("every-system");
+    fs::create_dir_all(&directory).unwrap();
+    for file in files {
+        let system = config::load_system(&file).unwrap_or_else(|error| panic!("{error:#}"));
+        // Image sizes do not matter for the tree; 64 KiB stands for any image.
+        let modules = layout::place(&system, Path::new("/images"), &mut |_| Ok(64 << 10))
+            .unwrap_or_else(|error| panic!("{}: {error:#}", file.display()));
+        let base = qemu::dump_machine_dtb(
+            &qemu::qemu_binary(),
+            &system.board.qemu,
+            system.board.qemu.smp,
+            &directory.join("machine.dtb"),
+        )
+        .unwrap();
+        devicetree::build(&base, &system, &modules)
+            .unwrap_or_else(|error| panic!("{}: {error:#}", file.display()));
+    }
+}
+
+#[test]
+fn selftest_passes_on_ferrys_xen() {
+    let run = run(&board_dir().join("selftest.toml"), &[]);
+    assert!(run.success, "selftest.toml failed");
+    assert!(
+        run.stdout.contains("ping | ferry: ready ping"),
+        "ping ready"
+    );
+    assert!(
+        run.stdout.contains("pong | ferry: ready pong"),
+        "pong ready"
+    );
+    assert!(run.stderr.contains("PASS: selftest"));
+}
+
+#[test]
+fn selftest_passes_on_the_stock_xen() {
+    let run = run(&board_dir().join("selftest-stock.toml"), &[]);
+    assert!(run.success, "selftest-stock.toml failed");
+    assert!(
+        run.stdout.contains("ping | ferry: ready ping"),
+        "ping ready"
+    );
+    assert!(
+        run.stdout.contains("pong | ferry: ready pong"),
+        "pong ready"
+    );
+    assert!(
+        run.stderr.contains("xsm=dummy"),
+        "the stock Xen gets xsm=dummy"
+    );
+}
+
+#[test]
+fn selftest_panic_fails_and_shows_the_panic() {
+    let run = run(&board_dir().join("selftest-panic.toml"), &[]);
+    assert!(!run.success, "selftest-panic.toml passed");
+    assert!(run.all().contains("ferry: panic:"), "no `ferry: panic:`");
+    assert!(
+        run.stderr.contains("FAIL: selftest-panic: domain 'pong'"),
+        "pong is named as the crashed domain"
+    );
+}
+
+#[test]
+fn a_crashing_domain_fails_the_run_and_shows_its_last_lines() {
+    // A selftest without a peer and a role has nothing to test: it reports a failure and
+    // shuts down with reason crash.
+    let system = temporary_system(
+        "alone",
+        r#"hypervisor = "ferry"
+timeout_seconds = 30
+[[domain]]
+name = "alone"
+appliance = "selftest"
+memory = "6M"
+"#,
+    );
+    let run = run(&system, &[]);
+    assert!(!run.success);
+    assert!(run.stdout.contains("alone | ferry: shutdown: crash"));
+    assert!(run.stdout.contains("xen   | Xen dom0less mode detected"));
+    assert!(run
+        .stderr
+        .contains("FAIL: alone: domain 'alone' (domid 1) crashed"));
+    assert!(run.stderr.contains("last lines of 'alone':"));
+    assert!(run.stderr.contains("starting QEMU"));
+    assert!(run.stderr.contains("-device loader,file="));
+}
+
+#[test]
+fn too_little_memory_fails_with_xens_message() {
+    let system = temporary_system(
+        "too-small",
+        r#"hypervisor = "ferry"
+timeout_seconds = 30
+[[domain]]
+name = "tiny"
+appliance = "selftest"
+memory = "4M"
+"#,
+    );
+    let run = run(&system, &[]);
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("Xen failed after")
+            && run.stderr.contains("Unable to find suitable location"),
+        "Xen's panic is the reason"
+    );
+}
+
+#[test]
+fn timeout_names_the_unfinished_domains() {
+    // The stock Xen counts down 3 s after its XSM warning, so 1 s is never enough.
+    let system = temporary_system(
+        "slow",
+        r#"hypervisor = "stock"
+timeout_seconds = 30
+[[domain]]
+name = "late"
+appliance = "selftest"
+memory = "6M"
+"#,
+    );
+    let run = run(&system, &["--timeout", "1"]);
+    assert!(!run.success);
+    assert!(
+        run.stderr
+            .contains("timeout after 1 s; not finished: 'late'"),
+        "timeout message"
+    );
+}
