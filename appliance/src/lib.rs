@@ -2,18 +2,22 @@
 //!
 //! An appliance is an arm64 unikernel that Xen boots like a Linux `Image` (see
 //! `arch::aarch64::boot`). The runtime owns everything between the hypervisor and the
-//! appliance's own code: the Image header and entry code, the Xen hypercall ABI ([`xen`]), the
-//! console, and the way an appliance ends (clean poweroff, or crash on failure and on panic).
-//! Appliance binaries (one per backend, in `src/bin/`) stay thin: they name their main function
-//! with [`entry!`] and the runtime does the rest.
+//! appliance's own code: the Image header and entry code, exception vectors and crash reports,
+//! the device tree ([`platform`]), the MMU ([`paging`], `mmu`), the heap, the logger, the GIC
+//! (`irq`), the generic timer (`time`), the Xen hypercall ABI ([`xen`]), the console, and the
+//! way an appliance ends (clean poweroff, or crash on failure, fault and panic). Appliance
+//! binaries (one per backend, in `src/bin/`) stay thin: they name their main function with
+//! [`entry!`] and the runtime does the rest; `runtime` describes the boot sequence.
 //!
 //! The crate also compiles for the host so that the workspace builds, tests and lints there:
-//! only the target-independent parts ([`Exit`], the Xen ABI constants) exist on the host, and
-//! appliance binaries built for the host just say that they only run under Xen (`host`).
+//! only the target-independent parts ([`Exit`], [`platform`], [`paging`], [`logger`]'s level
+//! parsing, `arch::esr`, the Xen ABI) exist on the host, and appliance binaries built for the
+//! host just say that they only run under Xen (`host`).
 //!
-//! So far the runtime runs with the MMU off. Until it turns the MMU on, all memory is
-//! Device-nGnRnE for the appliance: no unaligned accesses (the target is `+strict-align`) and no
-//! exclusive or atomic read-modify-write instructions.
+//! The runtime turns the MMU on with caches right after reading the device tree, before the
+//! heap, the logger and the appliance run. Code before that point runs on Device memory: it is
+//! compiled `+strict-align` (the target's default, kept) and must not use atomic
+//! read-modify-write operations or locks.
 #![no_std]
 
 #[cfg(all(target_os = "none", not(target_arch = "aarch64")))]
@@ -22,13 +26,29 @@ compile_error!("Ferry appliances run on aarch64 only so far (target aarch64-unkn
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+extern crate alloc;
+
 pub mod arch;
+pub mod logger;
+pub mod paging;
+pub mod platform;
 pub mod xen;
 
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod heap;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod irq;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod panic;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod runtime;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod time;
+
+/// Mapping memory after boot: `mmu::map_device(region)` and friends.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use arch::aarch64::mmu;
 
 #[cfg(not(target_os = "none"))]
 pub mod host;

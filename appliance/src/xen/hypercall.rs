@@ -8,7 +8,12 @@
 use core::arch::asm;
 
 use super::abi::{
-    hypercall_number, SchedShutdown, ShutdownReason, CONSOLEIO_WRITE, SCHEDOP_SHUTDOWN,
+    hypercall_number, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnPort, EvtchnPortArg,
+    EvtchnStatus, GnttabCopy, GnttabQuerySize, SchedPoll, SchedShutdown, ShutdownReason,
+    XenAddToPhysmap, CONSOLEIO_WRITE, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN,
+    EVTCHNOP_CLOSE, EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK, GNTTABOP_COPY,
+    GNTTABOP_QUERY_SIZE, SCHEDOP_BLOCK, SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
+    XENMEM_ADD_TO_PHYSMAP, XENVER_VERSION,
 };
 
 /// Issues hypercall `number` with five arguments and returns Xen's result (negative: an errno).
@@ -76,6 +81,156 @@ pub fn sched_shutdown(reason: ShutdownReason) -> i64 {
         hypercall5(
             hypercall_number::SCHED_OP,
             [SCHEDOP_SHUTDOWN, &raw const argument as u64, 0, 0, 0],
+        )
+    }
+}
+
+/// `HYPERVISOR_xen_version(XENVER_version, NULL)`: `major << 16 | minor`, or a negative errno.
+pub fn xen_version() -> i64 {
+    // SAFETY: XENVER_version takes no argument (version.h: "arg == NULL") and touches no guest
+    // memory.
+    unsafe { hypercall5(hypercall_number::XEN_VERSION, [XENVER_VERSION, 0, 0, 0, 0]) }
+}
+
+/// `HYPERVISOR_memory_op(XENMEM_add_to_physmap, argument)`: makes a Xen page (shared info,
+/// grant table frame) appear at guest frame `argument.gpfn`. Returns 0 or a negative errno.
+///
+/// # Safety
+///
+/// Whatever was at `argument.gpfn` (our own RAM, or nothing) is replaced by the Xen page: the
+/// caller must own that guest frame and have no Rust object in it that relies on its contents,
+/// except objects designed to be shared with Xen (made of atomics).
+pub unsafe fn add_to_physmap(argument: &XenAddToPhysmap) -> i64 {
+    // SAFETY: XENMEM_add_to_physmap reads a `struct xen_add_to_physmap`, which `argument` is;
+    // the caller vouches for the frame being replaced.
+    unsafe {
+        hypercall5(
+            hypercall_number::MEMORY_OP,
+            [XENMEM_ADD_TO_PHYSMAP, &raw const *argument as u64, 0, 0, 0],
+        )
+    }
+}
+
+/// `HYPERVISOR_event_channel_op(command, argument)` for commands whose argument is `T`.
+///
+/// # Safety
+///
+/// `T` must be the struct that Xen reads and writes for `command`.
+unsafe fn event_channel_op<T>(command: u64, argument: &mut T) -> i64 {
+    // SAFETY: the caller matches `T` to `command`; `argument` is a live exclusive reference, so
+    // Xen may read and write it for the whole call.
+    unsafe {
+        hypercall5(
+            hypercall_number::EVENT_CHANNEL_OP,
+            [command, &raw mut *argument as u64, 0, 0, 0],
+        )
+    }
+}
+
+/// `EVTCHNOP_alloc_unbound`; fills in `argument.port`. Returns 0 or a negative errno.
+pub fn evtchn_alloc_unbound(argument: &mut EvtchnAllocUnbound) -> i64 {
+    // SAFETY: EVTCHNOP_alloc_unbound takes a `struct evtchn_alloc_unbound` (event_channel.h).
+    unsafe { event_channel_op(EVTCHNOP_ALLOC_UNBOUND, argument) }
+}
+
+/// `EVTCHNOP_bind_interdomain`; fills in `argument.local_port`. Returns 0 or a negative errno.
+pub fn evtchn_bind_interdomain(argument: &mut EvtchnBindInterdomain) -> i64 {
+    // SAFETY: EVTCHNOP_bind_interdomain takes a `struct evtchn_bind_interdomain`.
+    unsafe { event_channel_op(EVTCHNOP_BIND_INTERDOMAIN, argument) }
+}
+
+/// `EVTCHNOP_status`; fills in the OUT fields. Returns 0 or a negative errno.
+pub fn evtchn_status(argument: &mut EvtchnStatus) -> i64 {
+    // SAFETY: EVTCHNOP_status takes a `struct evtchn_status`.
+    unsafe { event_channel_op(EVTCHNOP_STATUS, argument) }
+}
+
+/// `EVTCHNOP_send` on `port`. Returns 0 or a negative errno.
+pub fn evtchn_send(port: EvtchnPort) -> i64 {
+    let mut argument = EvtchnPortArg { port };
+    // SAFETY: EVTCHNOP_send takes a `struct evtchn_send`, which is `EvtchnPortArg`.
+    unsafe { event_channel_op(EVTCHNOP_SEND, &mut argument) }
+}
+
+/// `EVTCHNOP_unmask` on `port`: Xen clears the mask bit and re-raises the upcall if the port is
+/// pending. Returns 0 or a negative errno.
+pub fn evtchn_unmask(port: EvtchnPort) -> i64 {
+    let mut argument = EvtchnPortArg { port };
+    // SAFETY: EVTCHNOP_unmask takes a `struct evtchn_unmask`, which is `EvtchnPortArg`.
+    unsafe { event_channel_op(EVTCHNOP_UNMASK, &mut argument) }
+}
+
+/// `EVTCHNOP_close` on `port`. Returns 0 or a negative errno.
+pub fn evtchn_close(port: EvtchnPort) -> i64 {
+    let mut argument = EvtchnPortArg { port };
+    // SAFETY: EVTCHNOP_close takes a `struct evtchn_close`, which is `EvtchnPortArg`.
+    unsafe { event_channel_op(EVTCHNOP_CLOSE, &mut argument) }
+}
+
+/// `GNTTABOP_query_size` with one argument; fills in the OUT fields. Returns 0 or a negative
+/// errno (the grant status is in `argument.status`).
+pub fn gnttab_query_size(argument: &mut GnttabQuerySize) -> i64 {
+    // SAFETY: GNTTABOP_query_size reads and writes `count` (1) `struct gnttab_query_size`.
+    unsafe {
+        hypercall5(
+            hypercall_number::GRANT_TABLE_OP,
+            [GNTTABOP_QUERY_SIZE, &raw mut *argument as u64, 1, 0, 0],
+        )
+    }
+}
+
+/// `GNTTABOP_copy` with all of `operations` in one hypercall. Returns 0 when Xen went through
+/// the batch (then each entry has its own `status`) or a negative errno.
+///
+/// # Safety
+///
+/// Every destination that is a gfn of this domain must be memory that the caller may have
+/// overwritten with arbitrary bytes right now (no live Rust reference into it other than one
+/// the caller holds exclusively for the call).
+pub unsafe fn gnttab_copy(operations: &mut [GnttabCopy]) -> i64 {
+    // SAFETY: GNTTABOP_copy reads and writes `count` `struct gnttab_copy`, which `operations`
+    // holds, exclusively borrowed; the caller vouches for the destination frames.
+    unsafe {
+        hypercall5(
+            hypercall_number::GRANT_TABLE_OP,
+            [
+                GNTTABOP_COPY,
+                operations.as_mut_ptr() as u64,
+                operations.len() as u64,
+                0,
+                0,
+            ],
+        )
+    }
+}
+
+/// `HYPERVISOR_sched_op(SCHEDOP_yield, NULL)`.
+pub fn sched_yield() -> i64 {
+    // SAFETY: SCHEDOP_yield takes no argument.
+    unsafe { hypercall5(hypercall_number::SCHED_OP, [SCHEDOP_YIELD, 0, 0, 0, 0]) }
+}
+
+/// `HYPERVISOR_sched_op(SCHEDOP_block, NULL)`.
+pub fn sched_block() -> i64 {
+    // SAFETY: SCHEDOP_block takes no argument.
+    unsafe { hypercall5(hypercall_number::SCHED_OP, [SCHEDOP_BLOCK, 0, 0, 0, 0]) }
+}
+
+/// `HYPERVISOR_sched_op(SCHEDOP_poll, &sched_poll)` on `ports`, until one of them is pending or
+/// Xen system time reaches `timeout` (ns; 0: no timeout). Returns 0 or a negative errno.
+pub fn sched_poll(ports: &[EvtchnPort], timeout: u64) -> i64 {
+    let argument = SchedPoll {
+        ports: ports.as_ptr() as u64,
+        nr_ports: ports.len() as u32,
+        timeout,
+    };
+    // SAFETY: SCHEDOP_poll reads a `struct sched_poll` and `nr_ports` ports from its handle;
+    // `argument` and `ports` are alive and unchanged for the whole call. With PA = VA the
+    // slice's address is the guest address Xen expects.
+    unsafe {
+        hypercall5(
+            hypercall_number::SCHED_OP,
+            [SCHEDOP_POLL, &raw const argument as u64, 0, 0, 0],
         )
     }
 }

@@ -40,13 +40,20 @@
 //!
 //! # Entry sequence
 //!
+//! 0. read the virtual counter into x21 (the first instruction after the header's branch, so
+//!    that `BootInfo::entry_ticks` is the boot timestamp; image-builder insists that code0 is a
+//!    branch);
 //! 1. keep the device tree address (x0) in x19 and the load address in x20;
 //! 2. enable FP/SIMD for EL1 (`CPACR_EL1.FPEN = 0b11`): the target's Rust code uses NEON
 //!    registers, and with FPEN clear every such instruction traps;
 //! 3. point `sp` at the top of the boot stack (`link.ld`, 64 KiB, 16-byte aligned);
 //! 4. apply `.rela.dyn`;
 //! 5. zero `.bss` (Xen does not promise zeroed memory);
-//! 6. call `ferry_rust_start(device_tree, load_address)`, which never returns.
+//! 6. install the exception vectors (`exceptions`), so that a fault from here on is reported;
+//! 7. call `ferry_rust_start(device_tree, load_address, entry_ticks)`, which never returns.
+//!
+//! The MMU is still off when Rust code starts: all data accesses are Device-nGnRnE until
+//! `runtime` turns it on, which it does as soon as it has read the device tree.
 
 use core::arch::global_asm;
 
@@ -68,6 +75,7 @@ _start:
 
     .section .text.boot, "ax"
 ferry_boot:
+    mrs     x21, cntvct_el0         // boot timestamp
     mov     x19, x0                 // device tree address
     adrp    x20, __image_start      // load address: link.ld links __image_start at 0
     add     x20, x20, :lo12:__image_start
@@ -104,8 +112,14 @@ ferry_boot:
     stp     xzr, xzr, [x2], #16
     b       3b
 
-4:  mov     x0, x19
+4:  adrp    x1, ferry_vectors
+    add     x1, x1, :lo12:ferry_vectors
+    msr     vbar_el1, x1
+    isb
+
+    mov     x0, x19
     mov     x1, x20
+    mov     x2, x21
     bl      ferry_rust_start
     b       .
 
