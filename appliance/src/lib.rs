@@ -33,6 +33,7 @@ pub mod arch;
 pub mod logger;
 pub mod paging;
 pub mod platform;
+pub mod transport;
 pub mod xen;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

@@ -13,6 +13,7 @@ extern crate alloc;
 
 mod block;
 mod entropy;
+pub mod pattern;
 
 pub use block::{BlockDevice, RamDisk, SECTOR_SIZE};
 pub use entropy::EntropySource;
