@@ -12,6 +12,8 @@
 //! 4. Ping grants pong a page (read-only, at `gref`) filled with a pattern from a seed; pong
 //!    copies it with one GNTTABOP_copy and checks every byte; ping ends the grant.
 //! 5. Both print `ferry: ready <role> ticks=<since entry> freq=<counter frequency>`.
+//!
+//! Before step 3 each prints `ferry: up <role> ticks=.. freq=..`: boot to able-to-serve.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -99,6 +101,13 @@ mod app {
         }
         local.unmask().map_err(context("unmask"))?;
         irq::enable_cpu_interrupts();
+        // Runtime, Xen interface and channel are up: the time an appliance needs before it can
+        // serve (the ping-pong and grant checks below come on top).
+        ferry_appliance::println!(
+            "ferry: up {role} ticks={} freq={}",
+            boot.ticks_since_entry(),
+            boot.counter_frequency
+        );
 
         if role == "pong" {
             channel.notify().map_err(context("ready"))?;
