@@ -30,6 +30,7 @@ extern crate std;
 extern crate alloc;
 
 pub mod arch;
+pub mod dma;
 pub mod logger;
 pub mod paging;
 pub mod platform;

@@ -1,4 +1,5 @@
-//! The bench's search for the smallest domain memory that a system passes with.
+//! The bench's search for the smallest domain memory that a system passes with, and the
+//! reading of the probe's `ferry: bench:` lines.
 //!
 //! The search tries the given sizes from the largest down and stops at the first failure; then
 //! it bisects between the smallest passing and the first failing size, in whole pages, so the
@@ -61,6 +62,76 @@ pub fn smallest_memory(
     Ok(search)
 }
 
+/// One `ferry: bench: <name> bytes=<B> ticks=<T> freq=<F> [requests=<N>]` line of the probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchLine {
+    /// The pass: `seq-write`, `seq-read`, `rand-write-4k`, `rand-read-4k`, `request-cost`.
+    pub name: String,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Guest counter ticks the pass took.
+    pub ticks: u64,
+    /// Counter frequency in Hz.
+    pub frequency: u64,
+    /// Requests issued, when the line says (`requests=`).
+    pub requests: Option<u64>,
+}
+
+/// Size of one request of the `request-cost` pass when its line has no `requests=`: one sector.
+pub const DEFAULT_REQUEST_BYTES: u64 = 512;
+
+impl BenchLine {
+    /// Parses the text of a console line (without Xen's prefix).
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.trim().strip_prefix("ferry: bench: ")?;
+        let mut words = rest.split_whitespace();
+        let name = words.next()?.to_owned();
+        let (mut bytes, mut ticks, mut frequency, mut requests) = (None, None, None, None);
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let value = value.parse().ok();
+            match key {
+                "bytes" => bytes = value,
+                "ticks" => ticks = value,
+                "freq" => frequency = value,
+                "requests" => requests = value,
+                _ => {}
+            }
+        }
+        Some(Self {
+            name,
+            bytes: bytes?,
+            ticks: ticks?,
+            frequency: frequency.filter(|&frequency| frequency != 0)?,
+            requests,
+        })
+    }
+
+    /// Seconds of guest virtual time.
+    pub fn seconds(&self) -> f64 {
+        self.ticks as f64 / self.frequency as f64
+    }
+
+    /// Throughput in MiB per second of guest time.
+    pub fn mib_per_second(&self) -> f64 {
+        self.bytes as f64 / (1u64 << 20) as f64 / self.seconds()
+    }
+
+    /// Requests of the pass: `requests=`, else one per [`DEFAULT_REQUEST_BYTES`].
+    pub fn request_count(&self) -> u64 {
+        self.requests
+            .unwrap_or(self.bytes / DEFAULT_REQUEST_BYTES)
+            .max(1)
+    }
+
+    /// Microseconds of guest time per request.
+    pub fn microseconds_per_request(&self) -> f64 {
+        self.seconds() * 1e6 / self.request_count() as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +166,30 @@ mod tests {
         assert_eq!(search.smallest_pass, None);
         assert_eq!(search.largest_fail.unwrap().0, 2 << 20);
         assert_eq!(search.probes.len(), 1);
+    }
+
+    #[test]
+    fn bench_lines_parse() {
+        let line =
+            BenchLine::parse("ferry: bench: seq-write bytes=4194304 ticks=62500000 freq=62500000")
+                .unwrap();
+        assert_eq!(line.name, "seq-write");
+        assert_eq!(line.mib_per_second(), 4.0);
+        assert_eq!(line.request_count(), 8192);
+        let line = BenchLine::parse(
+            "ferry: bench: request-cost bytes=512000 ticks=625000 freq=62500000 requests=1000",
+        )
+        .unwrap();
+        assert_eq!(line.requests, Some(1000));
+        assert!((line.microseconds_per_request() - 10.0).abs() < 1e-9);
+        assert_eq!(
+            BenchLine::parse("ferry: bench: seq-read bytes=1 ticks=x freq=1"),
+            None
+        );
+        assert_eq!(
+            BenchLine::parse("ferry: bench: seq-read bytes=1 ticks=1 freq=0"),
+            None
+        );
+        assert_eq!(BenchLine::parse("ferry: ready probe ticks=1 freq=1"), None);
     }
 }

@@ -39,6 +39,18 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
 /// Default alignment of module load addresses.
 pub const DEFAULT_MODULE_ALIGN: u64 = 2 << 20;
+/// Guest address of a frontend's first emulated virtio-mmio window (`GUEST_VIRTIO_MMIO_BASE`,
+/// Xen's `public/arch-arm.h`); window `k` is at `VIRTIO_MMIO_BASE + k * VIRTIO_MMIO_WINDOW`.
+pub const VIRTIO_MMIO_BASE: u64 = 0x0200_0000;
+/// Size of one emulated virtio-mmio window (libxl's `VIRTIO_MMIO_DEV_SIZE`).
+pub const VIRTIO_MMIO_WINDOW: u64 = 0x200;
+/// INTID of a frontend's first emulated virtio-mmio device (`GUEST_VIRTIO_MMIO_SPI_FIRST`);
+/// device `k` gets `VIRTIO_MMIO_FIRST_INTID + k`.
+pub const VIRTIO_MMIO_FIRST_INTID: u32 = 33;
+/// Last INTID Xen reserves for emulated virtio-mmio devices (`GUEST_VIRTIO_MMIO_SPI_LAST`).
+pub const VIRTIO_MMIO_LAST_INTID: u32 = 43;
+/// Sector size of disk images: a created image's size must be a multiple of it.
+pub const SECTOR_SIZE: u64 = 512;
 
 // ---------------------------------------------------------------------------------------------
 // Values
@@ -320,6 +332,92 @@ pub struct SystemFile {
     /// Static event channels.
     #[serde(rename = "channel", default)]
     pub channels: Vec<ChannelEntry>,
+    /// Devices QEMU emulates, in `-device` order.
+    #[serde(rename = "qemu_device", default)]
+    pub qemu_devices: Vec<QemuDeviceEntry>,
+    /// Emulated virtio-mmio devices served over Xen IOREQ by a backend domain.
+    #[serde(rename = "virtio", default)]
+    pub virtio: Vec<VirtioEntry>,
+}
+
+/// A `[[qemu_device]]` entry: a device on QEMU's command line (a virtio-mmio transport of the
+/// machine), which a domain can own through `passthrough`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuDeviceEntry {
+    /// Unique name; QEMU's device (and drive) id, and what `passthrough` refers to.
+    pub id: String,
+    /// The device.
+    pub kind: QemuDeviceKind,
+    /// `virtio-blk`: the raw disk image, relative to the workspace (the folder that holds
+    /// `boards/`) when the system file is under `boards/`, else to the system file's folder.
+    pub image: Option<String>,
+    /// `virtio-blk` with `create = true`: the size of the image created.
+    pub size: Option<Size>,
+    /// `virtio-blk`: delete the image and create it afresh, sparse and zero-filled, at every run.
+    #[serde(default)]
+    pub create: bool,
+}
+
+/// The kinds of QEMU device a system can declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum QemuDeviceKind {
+    /// `-device virtio-blk-device` with a raw `-drive`.
+    #[serde(rename = "virtio-blk")]
+    VirtioBlk,
+    /// `-device virtio-rng-device`.
+    #[serde(rename = "virtio-rng")]
+    VirtioRng,
+}
+
+impl fmt::Display for QemuDeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QemuDeviceKind::VirtioBlk => "virtio-blk",
+            QemuDeviceKind::VirtioRng => "virtio-rng",
+        })
+    }
+}
+
+/// A `[[virtio]]` entry: `backend` emulates a virtio-mmio device of `kind` for `frontend`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtioEntry {
+    /// The device model domain (an appliance such as `blk`).
+    pub backend: String,
+    /// The domain that sees the device.
+    pub frontend: String,
+    /// The virtio device type.
+    pub kind: VirtioKind,
+}
+
+/// Virtio device types a backend can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtioKind {
+    /// virtio-blk (device id 2).
+    Blk,
+    /// virtio-rng (entropy, device id 4).
+    Rng,
+}
+
+impl VirtioKind {
+    /// The physical device kind a backend of this type drives.
+    pub fn physical(self) -> QemuDeviceKind {
+        match self {
+            VirtioKind::Blk => QemuDeviceKind::VirtioBlk,
+            VirtioKind::Rng => QemuDeviceKind::VirtioRng,
+        }
+    }
+}
+
+impl fmt::Display for VirtioKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VirtioKind::Blk => "blk",
+            VirtioKind::Rng => "rng",
+        })
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -348,6 +446,9 @@ pub struct DomainEntry {
     pub bootargs: String,
     /// Guest RAM 1:1 at a fixed host address (`xen,static-mem` + `direct-map`; Ferry's Xen).
     pub direct_map: Option<DirectMap>,
+    /// Ids of `[[qemu_device]]` entries this domain owns (passed through; needs `direct_map`).
+    #[serde(default)]
+    pub passthrough: Vec<String>,
 }
 
 /// `direct_map = { base = "0x60000000" }`.
@@ -387,6 +488,44 @@ pub struct System {
     pub domains: Vec<Domain>,
     /// Channels in file order.
     pub channels: Vec<Channel>,
+    /// QEMU devices in declaration (`-device`) order.
+    pub qemu_devices: Vec<QemuDevice>,
+    /// Emulated virtio-mmio devices, in `[[virtio]]` order.
+    pub virtio: Vec<VirtioDevice>,
+}
+
+/// A checked `[[qemu_device]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuDevice {
+    /// QEMU's device id (and drive id).
+    pub id: String,
+    /// The device.
+    pub kind: QemuDeviceKind,
+    /// `virtio-blk`: the disk image (absolute when it could be made so).
+    pub image: Option<PathBuf>,
+    /// `create = true`: the size the image is created with.
+    pub create_size: Option<u64>,
+    /// The domain that owns it, if any.
+    pub owner: Option<u32>,
+}
+
+/// A checked `[[virtio]]` entry: everything both ends are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioDevice {
+    /// The virtio device type.
+    pub kind: VirtioKind,
+    /// The device model's domain id.
+    pub backend: u32,
+    /// The frontend's domain id.
+    pub frontend: u32,
+    /// Index among the frontend's emulated devices (window and INTID number).
+    pub index: u32,
+    /// Guest address of the window in the frontend.
+    pub base: u64,
+    /// Size of the window.
+    pub size: u64,
+    /// The device's interrupt in the frontend (GIC INTID, an SPI).
+    pub intid: u32,
 }
 
 /// A checked domain.
@@ -408,6 +547,10 @@ pub struct Domain {
     pub own_bootargs: String,
     /// Its channel ends, in channel order.
     pub ends: Vec<ChannelEnd>,
+    /// Ids of the QEMU devices it owns.
+    pub passthrough: Vec<String>,
+    /// The emulated device it serves as a device model (it is then a *service*).
+    pub serves: Option<VirtioDevice>,
 }
 
 /// One domain's end of a channel.
@@ -441,7 +584,19 @@ impl Domain {
             words.push(format!("{}.port={}", end.channel, end.port));
             words.push(format!("{}.peer={}", end.channel, end.peer_domid));
         }
+        if let Some(device) = &self.serves {
+            words.push(format!("ioreq.frontend={}", device.frontend));
+            words.push(format!("ioreq.base={:#x}", device.base));
+            words.push(format!("ioreq.size={:#x}", device.size));
+            words.push(format!("ioreq.irq={}", device.intid));
+        }
         words.join(" ")
+    }
+
+    /// Whether the domain is a service: a device model, which never exits on its own. The run
+    /// passes without its poweroff once it printed `ferry: serve: ... ready`.
+    pub fn is_service(&self) -> bool {
+        self.serves.is_some()
     }
 }
 
@@ -451,12 +606,46 @@ impl System {
         self.domains.iter().find(|domain| domain.domid == domid)
     }
 
+    /// The QEMU device with this id.
+    pub fn qemu_device(&self, id: &str) -> Option<&QemuDevice> {
+        self.qemu_devices.iter().find(|device| device.id == id)
+    }
+
+    /// The emulated devices a domain sees as a frontend, in window order.
+    pub fn frontend_devices(&self, domid: u32) -> Vec<VirtioDevice> {
+        self.virtio
+            .iter()
+            .filter(|device| device.frontend == domid)
+            .copied()
+            .collect()
+    }
+
+    /// The domain whose device model this domain is (`xen,device-model-for`).
+    pub fn device_model_for(&self, domid: u32) -> Option<u32> {
+        self.domain_by_id(domid)
+            .and_then(|domain| domain.serves)
+            .map(|device| device.frontend)
+    }
+
     /// A short name for messages: the system file's stem.
     pub fn name(&self) -> String {
         self.path
             .file_stem()
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_else(|| "system".to_owned())
+    }
+
+    /// Appends `words` to the own bootargs of every domain running `appliance` (bench:
+    /// `probe.bench=1`); returns how many domains that was.
+    pub fn append_bootargs(&mut self, appliance: &str, words: &str) -> usize {
+        let mut count = 0;
+        for domain in &mut self.domains {
+            if domain.appliance == appliance {
+                domain.own_bootargs = format!("{} {words}", domain.own_bootargs).trim().to_owned();
+                count += 1;
+            }
+        }
+        count
     }
 
     /// Gives every domain `memory` bytes (bench: smallest memory that passes).
@@ -625,6 +814,9 @@ pub fn resolve(
         });
     }
 
+    let qemu_devices = resolve_qemu_devices(path, file)?;
+    let virtio = resolve_virtio(path, file, &domids, &qemu_devices)?;
+
     let mut domains = Vec::new();
     for (index, entry) in file.domains.iter().enumerate() {
         let domid = index as u32 + 1;
@@ -654,6 +846,11 @@ pub fn resolve(
             direct_map: entry.direct_map.map(|direct_map| direct_map.base.0),
             own_bootargs,
             ends,
+            passthrough: entry.passthrough.clone(),
+            serves: virtio
+                .iter()
+                .find(|device| device.backend == domid)
+                .copied(),
         });
     }
     check_direct_map_overlaps(path, &domains)?;
@@ -699,7 +896,207 @@ pub fn resolve(
         xen_bootargs,
         domains,
         channels,
+        qemu_devices,
+        virtio,
     })
+}
+
+/// The folder relative image paths start from: the one that holds `boards/` when the system
+/// file is under a `boards` folder, else the system file's own folder.
+pub fn data_root(system_path: &Path) -> PathBuf {
+    let directory = system_path.parent().unwrap_or(Path::new("."));
+    let absolute = std::path::absolute(directory).unwrap_or_else(|_| directory.to_owned());
+    let root = absolute
+        .ancestors()
+        .find(|ancestor| ancestor.file_name().is_some_and(|name| name == "boards"))
+        .and_then(Path::parent)
+        .map(Path::to_owned);
+    normalize(&root.unwrap_or(absolute))
+}
+
+/// Checks the `[[qemu_device]]` entries and the domains' `passthrough` lists.
+fn resolve_qemu_devices(path: &Path, file: &SystemFile) -> Result<Vec<QemuDevice>> {
+    let name_of = path.display();
+    let mut devices: Vec<QemuDevice> = Vec::new();
+    for (index, entry) in file.qemu_devices.iter().enumerate() {
+        if !is_name(&entry.id) {
+            bail!(
+                "{name_of}: qemu_device #{}: id: '{}' must be letters, digits, '-' or '_'",
+                index + 1,
+                entry.id
+            );
+        }
+        let at = format!("{name_of}: qemu_device '{}'", entry.id);
+        if devices.iter().any(|device| device.id == entry.id) {
+            bail!("{at}: id: a qemu_device with that id comes earlier");
+        }
+        let (image, create_size) = match entry.kind {
+            QemuDeviceKind::VirtioBlk => {
+                let image = entry.image.as_deref().ok_or_else(|| {
+                    anyhow!("{at}: image: missing (a virtio-blk device needs a raw disk image)")
+                })?;
+                if image.trim().is_empty() || image.contains(',') {
+                    bail!(
+                        "{at}: image: '{image}' must be a non-empty path without ',' (QEMU's \
+                         option separator)"
+                    );
+                }
+                let create_size = match (entry.create, entry.size) {
+                    (true, Some(size)) => {
+                        if size.0 == 0 || !size.0.is_multiple_of(SECTOR_SIZE) {
+                            bail!(
+                                "{at}: size: {size} ({} bytes) is not a non-zero multiple of \
+                                 512 bytes",
+                                size.0
+                            );
+                        }
+                        Some(size.0)
+                    }
+                    (true, None) => bail!("{at}: size: missing (create = true needs a size)"),
+                    (false, Some(_)) => {
+                        bail!("{at}: size: only used with create = true (the image is used as is)")
+                    }
+                    (false, None) => None,
+                };
+                (Some(data_root(path).join(image)), create_size)
+            }
+            QemuDeviceKind::VirtioRng => {
+                for (key, set) in [
+                    ("image", entry.image.is_some()),
+                    ("size", entry.size.is_some()),
+                    ("create", entry.create),
+                ] {
+                    if set {
+                        bail!("{at}: {key}: a {} device has no disk image", entry.kind);
+                    }
+                }
+                (None, None)
+            }
+        };
+        devices.push(QemuDevice {
+            id: entry.id.clone(),
+            kind: entry.kind,
+            image,
+            create_size,
+            owner: None,
+        });
+    }
+    for (index, entry) in file.domains.iter().enumerate() {
+        let at = format!("{name_of}: domain '{}'", entry.name);
+        for id in &entry.passthrough {
+            let device = devices.iter_mut().find(|device| &device.id == id);
+            let Some(device) = device else {
+                let known: Vec<_> = file.qemu_devices.iter().map(|d| d.id.as_str()).collect();
+                bail!(
+                    "{at}: passthrough: no qemu_device with id '{id}' (declared: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            };
+            if let Some(owner) = device.owner {
+                let other = &file.domains[owner as usize - 1].name;
+                if owner == index as u32 + 1 {
+                    bail!("{at}: passthrough: '{id}' is listed twice");
+                }
+                bail!("{at}: passthrough: '{id}' is already passed through to domain '{other}'");
+            }
+            device.owner = Some(index as u32 + 1);
+        }
+        if !entry.passthrough.is_empty() && entry.direct_map.is_none() {
+            bail!(
+                "{at}: passthrough: needs direct_map (xen,static-mem + direct-map): the device \
+                 does DMA to host physical addresses, so guest RAM must be host RAM 1:1"
+            );
+        }
+    }
+    Ok(devices)
+}
+
+/// Checks the `[[virtio]]` entries and numbers each frontend's windows and INTIDs.
+fn resolve_virtio(
+    path: &Path,
+    file: &SystemFile,
+    domids: &BTreeMap<String, u32>,
+    qemu_devices: &[QemuDevice],
+) -> Result<Vec<VirtioDevice>> {
+    let name_of = path.display();
+    let mut devices: Vec<VirtioDevice> = Vec::new();
+    for (index, entry) in file.virtio.iter().enumerate() {
+        let at = format!(
+            "{name_of}: virtio #{} ({} -> {})",
+            index + 1,
+            entry.backend,
+            entry.frontend
+        );
+        if file.hypervisor != Hypervisor::Ferry {
+            bail!(
+                "{at}: needs hypervisor = \"ferry\" (IOREQ servers and xen,device-model-for are \
+                 only in Ferry's Xen build)"
+            );
+        }
+        let backend = *domids
+            .get(&entry.backend)
+            .ok_or_else(|| anyhow!("{at}: backend: no domain named '{}'", entry.backend))?;
+        let frontend = *domids
+            .get(&entry.frontend)
+            .ok_or_else(|| anyhow!("{at}: frontend: no domain named '{}'", entry.frontend))?;
+        if backend == frontend {
+            bail!(
+                "{at}: frontend: domain '{}' cannot be its own device model",
+                entry.frontend
+            );
+        }
+        if let Some(earlier) = devices.iter().find(|device| device.backend == backend) {
+            let earlier_frontend = &file.domains[earlier.frontend as usize - 1].name;
+            bail!(
+                "{at}: backend: domain '{}' already serves a device to '{earlier_frontend}' (a \
+                 device model serves one device: one xen,device-model-for target and one set of \
+                 ioreq.* bootargs)",
+                entry.backend
+            );
+        }
+        let backend_entry = &file.domains[backend as usize - 1];
+        let physical = entry.kind.physical();
+        let owns = backend_entry.passthrough.iter().any(|id| {
+            qemu_devices
+                .iter()
+                .any(|device| &device.id == id && device.kind == physical)
+        });
+        if !owns {
+            bail!(
+                "{at}: backend: domain '{}' has no {physical} device in its passthrough list (the \
+                 {} backend drives a passed-through {physical})",
+                entry.backend,
+                entry.kind
+            );
+        }
+        let index = devices
+            .iter()
+            .filter(|device| device.frontend == frontend)
+            .count() as u32;
+        let intid = VIRTIO_MMIO_FIRST_INTID + index;
+        if intid > VIRTIO_MMIO_LAST_INTID {
+            bail!(
+                "{at}: frontend: domain '{}' would get more than {} emulated devices (INTIDs \
+                 {VIRTIO_MMIO_FIRST_INTID}..{VIRTIO_MMIO_LAST_INTID})",
+                entry.frontend,
+                VIRTIO_MMIO_LAST_INTID - VIRTIO_MMIO_FIRST_INTID + 1
+            );
+        }
+        devices.push(VirtioDevice {
+            kind: entry.kind,
+            backend,
+            frontend,
+            index,
+            base: VIRTIO_MMIO_BASE + u64::from(index) * VIRTIO_MMIO_WINDOW,
+            size: VIRTIO_MMIO_WINDOW,
+            intid,
+        });
+    }
+    Ok(devices)
 }
 
 fn check_memory(memory: u64) -> Result<(), String> {
@@ -825,7 +1222,7 @@ fn describe_path(path: &serde_path_to_error::Path, text: &str) -> (String, Optio
                     .and_then(|table| table.get(key.as_str()))
                     .and_then(|value| value.as_array())
                     .and_then(|entries| entries.get(*entry))
-                    .and_then(|value| value.get("name"))
+                    .and_then(|value| value.get("name").or_else(|| value.get("id")))
                     .and_then(|name| name.as_str());
                 parts.push(match name {
                     Some(name) => format!("{key} '{name}'"),
@@ -1195,5 +1592,200 @@ ends = ["third", "ping"]
         let by_path = board_path(&system, "board.toml").unwrap();
         assert_eq!(by_path, board);
         assert!(board_path(&system, "no-such-board").is_err());
+    }
+
+    const VIRTIO: &str = r#"
+board = "test-board"
+hypervisor = "ferry"
+
+[[qemu_device]]
+id = "disk0"
+kind = "virtio-blk"
+image = "build/disks/blk.img"
+size = "64M"
+create = true
+
+[[qemu_device]]
+id = "rng0"
+kind = "virtio-rng"
+
+[[domain]]
+name = "probe"
+appliance = "probe"
+memory = "16M"
+bootargs = "probe.backend={domid:blk}"
+
+[[domain]]
+name = "blk"
+appliance = "blk"
+memory = "16M"
+direct_map = { base = "0x60000000" }
+passthrough = ["disk0"]
+
+[[virtio]]
+backend = "blk"
+frontend = "probe"
+kind = "blk"
+"#;
+
+    #[test]
+    fn virtio_devices_are_numbered_and_the_backend_is_a_service() {
+        let system = system(VIRTIO).unwrap();
+        let [probe, blk] = &system.domains[..] else {
+            panic!("two domains")
+        };
+        assert_eq!(
+            probe.bootargs(),
+            "ferry.name=probe probe.backend=2",
+            "nothing automatic for the frontend"
+        );
+        assert_eq!(
+            blk.bootargs(),
+            "ferry.name=blk ioreq.frontend=1 ioreq.base=0x2000000 ioreq.size=0x200 ioreq.irq=33"
+        );
+        assert!(blk.is_service() && !probe.is_service());
+        assert_eq!(system.device_model_for(2), Some(1));
+        assert_eq!(system.device_model_for(1), None);
+        let disk = system.qemu_device("disk0").unwrap();
+        assert_eq!(disk.kind, QemuDeviceKind::VirtioBlk);
+        assert_eq!(disk.owner, Some(2));
+        assert_eq!(disk.create_size, Some(64 << 20));
+        let image = disk.image.as_ref().unwrap();
+        assert!(image.is_absolute(), "{}", image.display());
+        assert!(
+            image.ends_with("build/disks/blk.img"),
+            "{}",
+            image.display()
+        );
+        assert!(
+            !image.to_string_lossy().contains("boards"),
+            "{}",
+            image.display()
+        );
+        assert_eq!(system.qemu_device("rng0").unwrap().owner, None);
+        assert_eq!(
+            system.frontend_devices(1),
+            [VirtioDevice {
+                kind: VirtioKind::Blk,
+                backend: 2,
+                frontend: 1,
+                index: 0,
+                base: 0x200_0000,
+                size: 0x200,
+                intid: 33
+            }]
+        );
+    }
+
+    #[test]
+    fn a_second_device_of_a_frontend_gets_the_next_window() {
+        let text = format!(
+            "{VIRTIO}\n[[domain]]\nname = \"rng\"\nappliance = \"rng\"\nmemory = \"4M\"\n\
+             direct_map = {{ base = \"0x70000000\" }}\npassthrough = [\"rng0\"]\n\
+             [[virtio]]\nbackend = \"rng\"\nfrontend = \"probe\"\nkind = \"rng\"\n"
+        );
+        let system = system(&text).unwrap();
+        let devices = system.frontend_devices(1);
+        assert_eq!(devices[1].base, 0x200_0200);
+        assert_eq!(devices[1].intid, 34);
+        assert_eq!(devices[1].backend, 3);
+        assert!(system.domains[2]
+            .bootargs()
+            .ends_with("ioreq.base=0x2000200 ioreq.size=0x200 ioreq.irq=34"));
+    }
+
+    #[test]
+    fn virtio_and_passthrough_errors_name_the_key() {
+        let message = error(
+            &VIRTIO
+                .replace("hypervisor = \"ferry\"", "hypervisor = \"stock\"")
+                .replace("direct_map = { base = \"0x60000000\" }\n", "")
+                .replace("passthrough = [\"disk0\"]\n", ""),
+        );
+        assert!(
+            message.contains("virtio #1 (blk -> probe): needs hypervisor = \"ferry\""),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("frontend = \"probe\"", "frontend = \"prbe\""));
+        assert!(
+            message.contains("virtio #1 (blk -> prbe): frontend: no domain named 'prbe'"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("frontend = \"probe\"", "frontend = \"blk\""));
+        assert!(
+            message.contains("cannot be its own device model"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("kind = \"blk\"", "kind = \"rng\""));
+        assert!(
+            message.contains("backend: domain 'blk' has no virtio-rng device in its passthrough"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("kind = \"blk\"", "kind = \"net\""));
+        assert!(
+            message.contains("virtio #1: kind: unknown variant 'net'"),
+            "{message}"
+        );
+        let message =
+            error(&VIRTIO.replace("passthrough = [\"disk0\"]", "passthrough = [\"disk1\"]"));
+        assert!(
+            message.contains(
+                "domain 'blk': passthrough: no qemu_device with id 'disk1' (declared: disk0, rng0)"
+            ),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("direct_map = { base = \"0x60000000\" }\n", ""));
+        assert!(
+            message.contains("domain 'blk': passthrough: needs direct_map"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace(
+            "bootargs = \"probe",
+            "passthrough = [\"disk0\"]\ndirect_map = { base = \"0x70000000\" }\nbootargs = \"probe",
+        ));
+        assert!(
+            message.contains(
+                "domain 'blk': passthrough: 'disk0' is already passed through to domain 'probe'"
+            ),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("size = \"64M\"\n", ""));
+        assert!(
+            message.contains("qemu_device 'disk0': size: missing (create = true needs a size)"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("size = \"64M\"", "size = \"1000\""));
+        assert!(
+            message.contains("not a non-zero multiple of 512"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace(
+            "kind = \"virtio-rng\"",
+            "kind = \"virtio-rng\"\ncreate = true",
+        ));
+        assert!(
+            message.contains("qemu_device 'rng0': create: a virtio-rng device has no disk image"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace(
+            "kind = \"virtio-rng\"",
+            "kind = \"virtio-rng\"\nimag = \"x\"",
+        ));
+        assert!(
+            message.contains("qemu_device 'rng0': unknown key 'imag'"),
+            "{message}"
+        );
+        let message = error(&VIRTIO.replace("kind = \"blk\"", "kind = \"blk\"\nwindow = 1"));
+        assert!(
+            message.contains("virtio #1: unknown key 'window'"),
+            "{message}"
+        );
+        let message = error(&format!(
+            "{VIRTIO}\n[[virtio]]\nbackend = \"blk\"\nfrontend = \"probe\"\nkind = \"blk\"\n"
+        ));
+        assert!(
+            message.contains("virtio #2 (blk -> probe): backend: domain 'blk' already serves"),
+            "{message}"
+        );
     }
 }

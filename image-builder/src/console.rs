@@ -18,7 +18,7 @@
 //! (success), at the first crash, or at the first fatal Xen message. It is a pure state
 //! machine; the QEMU runner feeds it lines and enforces the timeout.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 /// How many lines of each domain (and of Xen) are kept for reports.
@@ -51,6 +51,14 @@ pub enum Event {
         ticks: u64,
         /// Counter frequency in Hz.
         frequency: u64,
+    },
+    /// `ferry: serve: <device> ready for d<frontend> at <base> irq <intid>`: a device model is
+    /// serving. `ticks=`/`freq=` words, when present, give its boot-to-ready figure.
+    Serving {
+        /// The domain.
+        domid: u32,
+        /// Counter ticks since the domain started, if the line has `ticks=` and `freq=`.
+        ready: Option<Ready>,
     },
     /// `ferry: shutdown: poweroff`.
     PoweredOff(u32),
@@ -136,16 +144,7 @@ fn domain_event(domid: u32, text: &str) -> Option<Event> {
         });
     }
     if let Some(rest) = text.strip_prefix("ferry: ready ") {
-        let mut ticks = None;
-        let mut frequency = None;
-        for word in rest.split_whitespace() {
-            if let Some(value) = word.strip_prefix("ticks=") {
-                ticks = value.parse().ok();
-            } else if let Some(value) = word.strip_prefix("freq=") {
-                frequency = value.parse().ok();
-            }
-        }
-        if let (Some(ticks), Some(frequency)) = (ticks, frequency) {
+        if let Some(Ready { ticks, frequency }) = ticks_and_frequency(rest) {
             return Some(Event::Ready {
                 domid,
                 ticks,
@@ -153,7 +152,33 @@ fn domain_event(domid: u32, text: &str) -> Option<Event> {
             });
         }
     }
+    if let Some(rest) = text.strip_prefix("ferry: serve: ") {
+        // `<device> ready for d<frontend> ...`: the second word is `ready`.
+        if rest.split_whitespace().nth(1) == Some("ready") {
+            return Some(Event::Serving {
+                domid,
+                ready: ticks_and_frequency(rest),
+            });
+        }
+    }
     None
+}
+
+/// The `ticks=<N>` and `freq=<HZ>` words of a line, when both are there.
+fn ticks_and_frequency(text: &str) -> Option<Ready> {
+    let mut ticks = None;
+    let mut frequency = None;
+    for word in text.split_whitespace() {
+        if let Some(value) = word.strip_prefix("ticks=") {
+            ticks = value.parse().ok();
+        } else if let Some(value) = word.strip_prefix("freq=") {
+            frequency = value.parse().ok();
+        }
+    }
+    Some(Ready {
+        ticks: ticks?,
+        frequency: frequency?,
+    })
 }
 
 fn xen_event(text: &str) -> Option<Event> {
@@ -190,7 +215,7 @@ pub enum DomainState {
 /// The end of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Every domain powered off.
+    /// Every domain that is not a service powered off, and every service is serving.
     AllPoweredOff,
     /// This domain crashed first.
     Crashed {
@@ -245,6 +270,10 @@ pub struct Monitor {
     states: BTreeMap<u32, DomainState>,
     history: BTreeMap<Source, VecDeque<String>>,
     ready: BTreeMap<u32, Ready>,
+    /// Device-model domains: they pass by serving, not by powering off.
+    services: BTreeSet<u32>,
+    /// Services that printed `ferry: serve: ... ready`, with their figure if the line had one.
+    serving: BTreeMap<u32, Option<Ready>>,
     outcome: Option<Outcome>,
     /// The outcome is Xen's `Panic on CPU n:`, whose reason is on the next line.
     panic_reason_pending: bool,
@@ -263,9 +292,31 @@ impl Monitor {
             states,
             history: BTreeMap::new(),
             ready: BTreeMap::new(),
+            services: BTreeSet::new(),
+            serving: BTreeMap::new(),
             outcome: None,
             panic_reason_pending: false,
         }
+    }
+
+    /// Marks these domains as services (device models): the run passes when every other
+    /// domain powered off and every service printed `ferry: serve: ... ready`, without waiting
+    /// for the services to power off; a service that crashes still fails the run.
+    pub fn with_services(mut self, services: impl IntoIterator<Item = u32>) -> Self {
+        self.services = services.into_iter().collect();
+        self
+    }
+
+    /// Whether the run is over and passed: every non-service powered off, every service is
+    /// serving, nobody crashed.
+    fn passed(&self) -> bool {
+        self.states.iter().all(|(domid, state)| {
+            if self.services.contains(domid) {
+                !matches!(state, DomainState::Crashed(_)) && self.serving.contains_key(domid)
+            } else {
+                *state == DomainState::PoweredOff
+            }
+        })
     }
 
     /// The label of a source.
@@ -322,12 +373,13 @@ impl Monitor {
                         *state = DomainState::PoweredOff;
                     }
                 }
-                if self.outcome.is_none()
-                    && self
-                        .states
-                        .values()
-                        .all(|state| *state == DomainState::PoweredOff)
-                {
+                if self.outcome.is_none() && self.passed() {
+                    self.outcome = Some(Outcome::AllPoweredOff);
+                }
+            }
+            Event::Serving { domid, ready } => {
+                self.serving.entry(domid).or_insert(ready);
+                if self.outcome.is_none() && self.passed() {
                     self.outcome = Some(Outcome::AllPoweredOff);
                 }
             }
@@ -373,11 +425,24 @@ impl Monitor {
             .unwrap_or_default()
     }
 
-    /// Names of the domains without a verdict.
+    /// The services that printed `ferry: serve: ... ready`, by domain id, with the line's
+    /// `ticks=`/`freq=` figure when it had one.
+    pub fn serving(&self) -> &BTreeMap<u32, Option<Ready>> {
+        &self.serving
+    }
+
+    /// The service domains.
+    pub fn services(&self) -> &BTreeSet<u32> {
+        &self.services
+    }
+
+    /// Names of the domains without a verdict (services: not serving yet).
     pub fn unfinished(&self) -> Vec<(u32, String)> {
         self.states
             .iter()
-            .filter(|(_, state)| **state == DomainState::Running)
+            .filter(|(domid, state)| {
+                **state == DomainState::Running && !self.serving.contains_key(domid)
+            })
             .map(|(&domid, _)| (domid, self.label(Source::Domain(domid))))
             .collect()
     }
@@ -386,7 +451,7 @@ impl Monitor {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::AllPoweredOff => f.write_str("every domain powered off"),
+            Outcome::AllPoweredOff => f.write_str("every domain powered off or is serving"),
             Outcome::Crashed { domid, reason } => write!(f, "domain {domid} crashed: {reason}"),
             Outcome::Fatal(message) => write!(f, "Xen failed: {message}"),
         }
@@ -628,5 +693,70 @@ mod tests {
         assert_eq!(history.len(), HISTORY_LINES);
         assert_eq!(history[0], "line 30");
         assert_eq!(history[19], "line 49");
+    }
+
+    #[test]
+    fn services_pass_by_serving() {
+        let line = "(d2) ferry: serve: blk ready for d1 at 0x2000000 irq 33";
+        let (source, text) = classify(line);
+        assert_eq!(
+            event(source, text),
+            Some(Event::Serving {
+                domid: 2,
+                ready: None
+            })
+        );
+        let (source, text) = classify(
+            "(d2) ferry: serve: blk ready for d1 at 0x2000000 irq 33 ticks=625 freq=62500000",
+        );
+        assert_eq!(
+            event(source, text),
+            Some(Event::Serving {
+                domid: 2,
+                ready: Some(Ready {
+                    ticks: 625,
+                    frequency: 62_500_000
+                })
+            })
+        );
+        let (source, text) = classify("(d2) ferry: serve: stats requests=5 faults=0");
+        assert_eq!(event(source, text), None);
+
+        // The frontend powers off first: not over until the service serves.
+        let mut monitor =
+            Monitor::new([(1, "probe".to_owned()), (2, "blk".to_owned())]).with_services([2]);
+        monitor.feed("(d1) ferry: shutdown: poweroff");
+        assert_eq!(monitor.outcome(), None);
+        assert_eq!(monitor.unfinished(), [(2, "blk".to_owned())]);
+        monitor.feed(line);
+        assert_eq!(monitor.outcome(), Some(&Outcome::AllPoweredOff));
+        assert_eq!(monitor.serving()[&2], None);
+
+        // The usual order: serving, then the frontend's poweroff.
+        let mut monitor =
+            Monitor::new([(1, "probe".to_owned()), (2, "blk".to_owned())]).with_services([2]);
+        monitor.feed(line);
+        assert_eq!(monitor.outcome(), None);
+        assert_eq!(monitor.unfinished(), [(1, "probe".to_owned())]);
+        monitor.feed("(d1) ferry: shutdown: poweroff");
+        assert!(monitor.outcome().unwrap().is_success());
+
+        // A service that crashes fails the run, even after it was serving.
+        let mut monitor =
+            Monitor::new([(1, "probe".to_owned()), (2, "blk".to_owned())]).with_services([2]);
+        monitor.feed(line);
+        monitor.feed("(d2) ferry: panic: boom");
+        monitor.feed("(d1) ferry: shutdown: poweroff");
+        assert!(matches!(
+            monitor.outcome(),
+            Some(Outcome::Crashed { domid: 2, .. })
+        ));
+
+        // A service that never serves keeps the run open (the timeout names it).
+        let mut monitor =
+            Monitor::new([(1, "probe".to_owned()), (2, "blk".to_owned())]).with_services([2]);
+        monitor.feed("(d1) ferry: shutdown: poweroff");
+        monitor.feed("(d2) ferry: serve: starting");
+        assert_eq!(monitor.outcome(), None);
     }
 }

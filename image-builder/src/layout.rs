@@ -11,11 +11,23 @@ use anyhow::{bail, Result};
 
 use crate::config::{System, PAGE_SIZE};
 
-/// One domain's kernel in host memory: what `-device loader` loads and the module node's `reg`.
+/// What a module is to Xen (the `compatible` of its node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// The domain's kernel (`multiboot,kernel`).
+    Kernel,
+    /// The domain's partial device tree (`multiboot,device-tree`).
+    DeviceTree,
+}
+
+/// One domain's kernel or partial device tree in host memory: what `-device loader` loads and
+/// the module node's `reg`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Module {
     /// The domain's id.
     pub domid: u32,
+    /// Kernel or partial device tree.
+    pub kind: ModuleKind,
     /// The image file.
     pub image: PathBuf,
     /// Load address (page aligned).
@@ -72,6 +84,7 @@ pub fn place(
         next = end;
         modules.push(Module {
             domid: domain.domid,
+            kind: ModuleKind::Kernel,
             image,
             address,
             size,
@@ -79,6 +92,39 @@ pub fn place(
     }
     check(&modules)?;
     Ok(modules)
+}
+
+/// Places partial device trees `(domid, file, size)` after the last module, each page aligned
+/// (Xen maps a partial device tree with `ioremap_cache`, so a page boundary is enough).
+pub fn place_device_trees(
+    system: &System,
+    modules: &mut Vec<Module>,
+    trees: &[(u32, PathBuf, u64)],
+) -> Result<()> {
+    let area = system.board.modules;
+    let mut next = modules.iter().map(Module::end).max().unwrap_or(area.base.0);
+    for (domid, image, size) in trees {
+        let address = next.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let end = address + size;
+        if end > area.end() {
+            bail!(
+                "the partial device tree of domain {domid} ({size} bytes) does not fit in the \
+                 module area {}-{:#x} of {} (next free address {address:#x})",
+                area.base,
+                area.end(),
+                system.board_path.display()
+            );
+        }
+        next = end;
+        modules.push(Module {
+            domid: *domid,
+            kind: ModuleKind::DeviceTree,
+            image: image.clone(),
+            address,
+            size: *size,
+        });
+    }
+    check(modules)
 }
 
 /// Checks that modules are page aligned and do not overlap.
@@ -169,12 +215,14 @@ ends = ["ping", "pong"]
         let overlapping = [
             Module {
                 domid: 1,
+                kind: ModuleKind::Kernel,
                 image: PathBuf::new(),
                 address: 0x1000,
                 size: 0x2000,
             },
             Module {
                 domid: 2,
+                kind: ModuleKind::Kernel,
                 image: PathBuf::new(),
                 address: 0x2000,
                 size: 0x10,
@@ -183,6 +231,7 @@ ends = ["ping", "pong"]
         assert!(check(&overlapping).is_err());
         let unaligned = [Module {
             domid: 1,
+            kind: ModuleKind::Kernel,
             image: PathBuf::new(),
             address: 0x1800,
             size: 0x10,

@@ -8,9 +8,11 @@
 //!   ports, bootargs).
 //! - [`layout`]: where each domain's kernel is loaded in the board's module area.
 //! - [`devicetree`]: the machine's device tree + a system -> Xen's dom0less device tree.
-//! - [`console`]: what a line of Xen's console says (which domain, done, crashed, fatal).
+//! - [`console`]: what a line of Xen's console says (which domain, done, serving, crashed,
+//!   fatal).
 //! - [`qemu`]: QEMU and Xen command lines, `dumpdtb`, and running a system to its verdict.
-//! - [`bench`]: the search for the smallest domain memory that passes.
+//! - [`bench`]: the search for the smallest domain memory that passes, and the probe's
+//!   `ferry: bench:` lines.
 //!
 //! The command-line interface (`src/main.rs`) only parses arguments and prints.
 

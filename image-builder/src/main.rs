@@ -5,9 +5,11 @@
 //! - `image-builder run <system.toml> [--timeout S] [--icount] [--keep DIR] [--no-build]` builds
 //!   the images, writes Xen's device tree and boots the system in QEMU; the console goes to
 //!   stdout as `<domain> | <line>`, progress to stderr; exit status 0 only when every domain
-//!   powered off cleanly.
-//! - `image-builder bench [--system FILE] [--sizes LIST] [--no-build]` prints image sizes, the
-//!   smallest domain memory the system passes with, and boot-to-ready times under icount.
+//!   powered off cleanly (services - device models - when serving).
+//! - `image-builder bench [--system FILE] [--sizes LIST] [--skip-memory] [--skip-blk]
+//!   [--blk-system FILE] [--blk-baseline FILE] [--no-build]` prints image sizes, the smallest
+//!   domain memory the system passes with, boot-to-ready times under icount, and the blk
+//!   throughput through the blk appliance against the probe owning the disk.
 //!
 //! Reference: docs/image-builder.md.
 
@@ -82,6 +84,18 @@ enum Command {
         /// Memory sizes to try for every domain, largest first
         #[arg(long, value_name = "LIST", default_value = "16M,8M,4M,2M,1M")]
         sizes: String,
+        /// Skip the smallest-memory search
+        #[arg(long)]
+        skip_memory: bool,
+        /// Skip the blk figures (appliance vs direct)
+        #[arg(long)]
+        skip_blk: bool,
+        /// The blk system served by the appliance [default: boards/qemu-virt-arm64/blk-demo.toml]
+        #[arg(long, value_name = "FILE")]
+        blk_system: Option<PathBuf>,
+        /// The blk baseline, the probe owning the disk [default: boards/qemu-virt-arm64/blk-direct.toml]
+        #[arg(long, value_name = "FILE")]
+        blk_baseline: Option<PathBuf>,
         #[command(flatten)]
         images: ImageArgs,
     },
@@ -112,8 +126,23 @@ fn dispatch(cli: Cli) -> Result<bool> {
         Command::Bench {
             system,
             sizes,
+            skip_memory,
+            skip_blk,
+            blk_system,
+            blk_baseline,
             images,
-        } => bench(system, &sizes, &images).map(|()| true),
+        } => bench(
+            BenchArgs {
+                system,
+                sizes,
+                skip_memory,
+                skip_blk,
+                blk_system,
+                blk_baseline,
+            },
+            &images,
+        )
+        .map(|()| true),
     }
 }
 
@@ -218,7 +247,8 @@ fn run(
 }
 
 fn print_ready(system: &System, report: &RunReport) {
-    for (name, ready) in qemu::ready_figures(system, report) {
+    let figures = qemu::ready_figures(system, report);
+    for (name, ready) in &figures {
         eprintln!(
             "ready: {name}: {} ticks at {} Hz = {:.1} us after domain start",
             ready.ticks,
@@ -226,16 +256,40 @@ fn print_ready(system: &System, report: &RunReport) {
             ready.microseconds()
         );
     }
+    for domid in report.monitor.serving().keys() {
+        if let Some(domain) = system.domain_by_id(*domid) {
+            if !figures.contains_key(&domain.name) {
+                eprintln!(
+                    "ready: {}: serving (its `ferry: serve: ... ready` line has no ticks=/freq=)",
+                    domain.name
+                );
+            }
+        }
+    }
 }
 
-fn bench(system_path: Option<PathBuf>, sizes: &str, image_args: &ImageArgs) -> Result<()> {
-    let system_path = match system_path {
-        Some(path) => path,
-        None => appliances::find_workspace_root()?
+struct BenchArgs {
+    system: Option<PathBuf>,
+    sizes: String,
+    skip_memory: bool,
+    skip_blk: bool,
+    blk_system: Option<PathBuf>,
+    blk_baseline: Option<PathBuf>,
+}
+
+fn default_board_file(path: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    match path {
+        Some(path) => Ok(path),
+        None => Ok(appliances::find_workspace_root()?
             .join("boards")
             .join("qemu-virt-arm64")
-            .join("selftest.toml"),
-    };
+            .join(name)),
+    }
+}
+
+fn bench(args: BenchArgs, image_args: &ImageArgs) -> Result<()> {
+    let system_path = default_board_file(args.system, "selftest.toml")?;
+    let sizes = args.sizes.as_str();
     let sizes: Vec<u64> = sizes
         .split(',')
         .map(|size| parse_size(size).map_err(anyhow::Error::msg))
@@ -243,13 +297,6 @@ fn bench(system_path: Option<PathBuf>, sizes: &str, image_args: &ImageArgs) -> R
         .context("--sizes")?;
     let system = config::load_system(&system_path)?;
     let images = prepare_images(image_args)?;
-    let quiet = |print: Print| {
-        if let Print::Progress(line) = print {
-            if line.starts_with("starting QEMU") {
-                progress(&line);
-            }
-        }
-    };
 
     // 1. Image sizes.
     let mut table = vec![format!("# images ({})", images.display())];
@@ -278,16 +325,212 @@ fn bench(system_path: Option<PathBuf>, sizes: &str, image_args: &ImageArgs) -> R
 
     // 2. Smallest memory that passes, every domain at the same size.
     let timeout = Duration::from_secs(system.timeout_seconds);
-    let search = bench::smallest_memory(&sizes, &mut |size| {
+    if args.skip_memory {
+        table.push(String::new());
+        table.push("# smallest domain memory: skipped (--skip-memory)".to_owned());
+    } else {
+        smallest_memory_table(&system, &system_path, &sizes, &images, &mut table)?;
+    }
+
+    // 3. Boot to ready in guest virtual time (icount, one CPU), at the system's own memory.
+    let report = qemu::run(
+        &system,
+        &RunOptions {
+            images: images.clone(),
+            timeout,
+            icount: true,
+            keep: None,
+        },
+        &mut quiet_printer(),
+    )?;
+    table.push(String::new());
+    table.push(format!(
+        "# boot to ready (icount {}, -smp 1; guest counter from domain start; run: {})",
+        system.board.qemu.icount,
+        verdict_word(&report)
+    ));
+    ready_table(&system, &report, &mut table);
+
+    // 4. blk: the probe through the blk appliance (IOREQ + grants) against the probe owning the
+    //    disk itself.
+    if args.skip_blk {
+        table.push(String::new());
+        table.push("# blk: skipped (--skip-blk)".to_owned());
+    } else {
+        let served = default_board_file(args.blk_system, "blk-demo.toml")?;
+        let direct = default_board_file(args.blk_baseline, "blk-direct.toml")?;
+        if let Err(error) = blk_tables(&served, &direct, &images, &mut table) {
+            table.push(String::new());
+            table.push(format!("# blk: not measured: {error:#}"));
+        }
+    }
+    for line in table {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn quiet_printer() -> impl FnMut(Print) {
+    |print: Print| {
+        if let Print::Progress(line) = print {
+            if line.starts_with("starting QEMU") {
+                progress(&line);
+            }
+        }
+    }
+}
+
+fn ready_table(system: &System, report: &RunReport, table: &mut Vec<String>) {
+    let ready = qemu::ready_figures(system, report);
+    table.push(format!(
+        "{:<12} {:>8} {:>12} {:>12} {:>12}",
+        "domain", "memory", "ticks", "freq_hz", "us"
+    ));
+    for domain in &system.domains {
+        match ready.get(&domain.name) {
+            Some(figure) => table.push(format!(
+                "{:<12} {:>8} {:>12} {:>12} {:>12.1}",
+                domain.name,
+                format_size(domain.memory),
+                figure.ticks,
+                figure.frequency,
+                figure.microseconds()
+            )),
+            None if report.monitor.serving().contains_key(&domain.domid) => table.push(format!(
+                "{:<12} {:>8} {:>12}",
+                domain.name,
+                format_size(domain.memory),
+                "(serving; its `ferry: serve: ... ready` line needs ticks= freq=)"
+            )),
+            None => table.push(format!(
+                "{:<12} {:>8} {:>12}",
+                domain.name,
+                format_size(domain.memory),
+                "(no `ferry: ready` line)"
+            )),
+        }
+    }
+}
+
+/// Runs a blk system under icount with `probe.bench=1`; returns its bench lines.
+fn blk_run(path: &Path, images: &Path, table: &mut Vec<String>) -> Result<Vec<bench::BenchLine>> {
+    let mut system = config::load_system(path)?;
+    if system.append_bootargs("probe", "probe.bench=1") == 0 {
+        bail!("{}: no domain runs the probe appliance", path.display());
+    }
+    let mut lines = Vec::new();
+    let mut printer = quiet_printer();
+    let report = qemu::run(
+        &system,
+        &RunOptions {
+            images: images.to_owned(),
+            timeout: Duration::from_secs(system.timeout_seconds),
+            icount: true,
+            keep: None,
+        },
+        &mut |print: Print| {
+            if let Print::Console { text, .. } = &print {
+                if let Some(line) = bench::BenchLine::parse(text) {
+                    lines.push(line);
+                }
+            }
+            printer(print);
+        },
+    )?;
+    table.push(String::new());
+    table.push(format!(
+        "# boot to ready: {} (icount, -smp 1; run: {})",
+        path.display(),
+        verdict_word(&report)
+    ));
+    ready_table(&system, &report, table);
+    if !report.is_success() {
+        for line in report.summary(&system) {
+            eprintln!("{line}");
+        }
+        bail!("{}: {}", system.name(), verdict_word(&report));
+    }
+    if lines.is_empty() {
+        bail!(
+            "{}: the probe printed no `ferry: bench:` line with probe.bench=1",
+            system.name()
+        );
+    }
+    Ok(lines)
+}
+
+fn blk_tables(served: &Path, direct: &Path, images: &Path, table: &mut Vec<String>) -> Result<()> {
+    let mut boot = Vec::new();
+    let appliance = blk_run(served, images, &mut boot)?;
+    let baseline = blk_run(direct, images, &mut boot)?;
+    table.push(String::new());
+    table.push(format!(
+        "# blk throughput (guest virtual time, icount, -smp 1): appliance = {}, direct = {}",
+        served.display(),
+        direct.display()
+    ));
+    table.push(format!(
+        "{:<14} {:>10} {:>14} {:>12} {:>7} {:>14} {:>12} {:>7}",
+        "pass",
+        "bytes",
+        "appliance MiB/s",
+        "direct MiB/s",
+        "ratio",
+        "appliance us/rq",
+        "direct us/rq",
+        "ratio"
+    ));
+    for line in &appliance {
+        let Some(other) = baseline.iter().find(|other| other.name == line.name) else {
+            table.push(format!(
+                "{:<14} {:>10} {:>14.2} {:>12}",
+                line.name,
+                line.bytes,
+                line.mib_per_second(),
+                "(no direct figure)"
+            ));
+            continue;
+        };
+        table.push(format!(
+            "{:<14} {:>10} {:>14.2} {:>12.2} {:>7.3} {:>14.1} {:>12.1} {:>7.2}",
+            line.name,
+            line.bytes,
+            line.mib_per_second(),
+            other.mib_per_second(),
+            line.mib_per_second() / other.mib_per_second(),
+            line.microseconds_per_request(),
+            other.microseconds_per_request(),
+            line.microseconds_per_request() / other.microseconds_per_request()
+        ));
+    }
+    if appliance.iter().any(|line| line.requests.is_none()) {
+        table.push(format!(
+            "(us/rq: lines without requests= are counted as one request per {} bytes)",
+            bench::DEFAULT_REQUEST_BYTES
+        ));
+    }
+    table.extend(boot);
+    Ok(())
+}
+
+fn smallest_memory_table(
+    system: &System,
+    system_path: &Path,
+    sizes: &[u64],
+    images: &Path,
+    table: &mut Vec<String>,
+) -> Result<()> {
+    let timeout = Duration::from_secs(system.timeout_seconds);
+    let search = bench::smallest_memory(sizes, &mut |size| {
         let mut sized = system.clone();
         sized.set_all_memory(size)?;
         let options = RunOptions {
-            images: images.clone(),
+            images: images.to_owned(),
             timeout,
             icount: false,
             keep: None,
         };
-        let report = qemu::run(&sized, &options, &mut { quiet })?;
+        let report = qemu::run(&sized, &options, &mut quiet_printer())?;
         let verdict = verdict_word(&report);
         progress(&format!(
             "memory {}: {verdict} ({:.1} s)",
@@ -328,49 +571,6 @@ fn bench(system_path: Option<PathBuf>, sizes: &str, image_args: &ImageArgs) -> R
         None => "largest failing:  none (every size tried passed)".to_owned(),
     });
 
-    // 3. Boot to ready in guest virtual time (icount, one CPU), at the system's own memory.
-    let report = qemu::run(
-        &system,
-        &RunOptions {
-            images,
-            timeout,
-            icount: true,
-            keep: None,
-        },
-        &mut { quiet },
-    )?;
-    let ready = qemu::ready_figures(&system, &report);
-    table.push(String::new());
-    table.push(format!(
-        "# boot to ready (icount {}, -smp 1; guest counter from domain start; run: {})",
-        system.board.qemu.icount,
-        verdict_word(&report)
-    ));
-    table.push(format!(
-        "{:<12} {:>8} {:>12} {:>12} {:>12}",
-        "domain", "memory", "ticks", "freq_hz", "us"
-    ));
-    for domain in &system.domains {
-        match ready.get(&domain.name) {
-            Some(figure) => table.push(format!(
-                "{:<12} {:>8} {:>12} {:>12} {:>12.1}",
-                domain.name,
-                format_size(domain.memory),
-                figure.ticks,
-                figure.frequency,
-                figure.microseconds()
-            )),
-            None => table.push(format!(
-                "{:<12} {:>8} {:>12}",
-                domain.name,
-                format_size(domain.memory),
-                "(no `ferry: ready` line)"
-            )),
-        }
-    }
-    for line in table {
-        println!("{line}");
-    }
     Ok(())
 }
 

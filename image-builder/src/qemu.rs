@@ -1,12 +1,15 @@
 //! Running a system under QEMU: the command lines, the machine's device tree, the console
 //! stream and the verdict.
 //!
-//! `run` does, in this order: place the domains' images in the module area ([`layout`]), ask
-//! QEMU for the machine's device tree (`-machine <machine>,dumpdtb=<file>` with the same
-//! `-cpu`/`-m`/`-smp` as the run), add the system to it ([`devicetree`]), start
+//! `run` does, in this order: place the domains' images in the module area ([`layout`]),
+//! create the disk images of `create = true` devices afresh, ask QEMU for the machine's device
+//! tree (`-machine <machine>,dumpdtb=<file>` with the same `-cpu`/`-m`/`-smp` and devices as
+//! the run), ask QEMU which virtio-mmio transport each declared device sits on (`info qtree`),
+//! write each domain's partial device tree and place it after the kernels, add the system to
+//! the machine's tree ([`devicetree`]), start
 //! `qemu-system-aarch64 ... -kernel <xen> -dtb <tree> -device loader,file=<img>,addr=<addr>,
-//! force-raw=on ...`, feed every console line to a [`Monitor`], and kill QEMU when the monitor
-//! has a verdict (after a short grace period for failures, so that Xen's panic message or
+//! force-raw=on ... <devices>`, feed every console line to a [`Monitor`] (which knows the
+//! services: device models pass by serving), and kill QEMU when the monitor has a verdict (after a short grace period for failures, so that Xen's panic message or
 //! register dump is shown) or at the timeout. Xen keeps running when all its domains are
 //! gone, so QEMU is always killed, never waited for.
 //!
@@ -26,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{format_size, Hypervisor, QemuMachine, System};
+use crate::config::{format_size, Hypervisor, QemuDeviceKind, QemuMachine, System};
 use crate::console::{Monitor, Outcome, Source};
-use crate::devicetree;
-use crate::layout::{self, Module};
+use crate::devicetree::{self, HostDevice};
+use crate::layout::{self, Module, ModuleKind};
 
 /// How long a failed run keeps reading the console before QEMU is killed.
 pub const FAILURE_GRACE: Duration = Duration::from_millis(1500);
@@ -108,7 +111,19 @@ pub fn dump_machine_dtb(
     smp: u32,
     path: &Path,
 ) -> Result<Vec<u8>> {
-    let args = machine_args(machine, smp, Some(path));
+    dump_machine_dtb_with(qemu, machine, smp, &[], path)
+}
+
+/// [`dump_machine_dtb`] with further arguments (the system's `-device`s).
+pub fn dump_machine_dtb_with(
+    qemu: &Path,
+    machine: &QemuMachine,
+    smp: u32,
+    devices: &[String],
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let mut args = machine_args(machine, smp, Some(path));
+    args.extend(devices.iter().cloned());
     let shown = show_command(qemu, &args);
     let output = Command::new(qemu)
         .args(&args)
@@ -123,6 +138,283 @@ pub fn dump_machine_dtb(
         );
     }
     fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// How [`device_args`] backs a virtio-blk device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drives {
+    /// The system's disk images (a run).
+    Images,
+    /// QEMU's `null-co` driver: no file needed, same devices in the same order (locating the
+    /// devices and dumping the device tree, which do not depend on the disks' contents).
+    Null,
+}
+
+/// The system's QEMU devices, in declaration order: `-drive ... -device virtio-blk-device,...`,
+/// `-device virtio-rng-device,...`, then `-global virtio-mmio.force-legacy=false` (virtio-mmio
+/// version 2, what the appliances drive). Empty when the system declares none.
+pub fn device_args(system: &System, drives: Drives) -> Vec<String> {
+    let mut args = Vec::new();
+    for device in &system.qemu_devices {
+        let id = &device.id;
+        match device.kind {
+            QemuDeviceKind::VirtioBlk => {
+                let drive = match (drives, &device.image) {
+                    (Drives::Images, Some(image)) => {
+                        format!("file={},if=none,format=raw,id={id}", image.display())
+                    }
+                    _ => format!("if=none,id={id},driver=null-co"),
+                };
+                args.extend([
+                    "-drive".to_owned(),
+                    drive,
+                    "-device".to_owned(),
+                    format!("virtio-blk-device,drive={id},id={id}"),
+                ]);
+            }
+            QemuDeviceKind::VirtioRng => {
+                args.extend(["-device".to_owned(), format!("virtio-rng-device,id={id}")]);
+            }
+        }
+    }
+    if !args.is_empty() {
+        args.extend([
+            "-global".to_owned(),
+            "virtio-mmio.force-legacy=false".to_owned(),
+        ]);
+    }
+    args
+}
+
+/// Asks QEMU where it put each of the system's devices: the register window of the
+/// virtio-mmio transport each device id sits on (`info qtree` of a stopped machine). QEMU
+/// fills its virtio-mmio transports from the highest address down, so the first `-device` is
+/// at 0x0a003e00 on virt, but this asks instead of assuming.
+pub fn locate_devices(
+    qemu: &Path,
+    machine: &QemuMachine,
+    smp: u32,
+    system: &System,
+) -> Result<BTreeMap<String, u64>> {
+    if system.qemu_devices.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut args: Vec<String> = machine_args(machine, smp, None)
+        .into_iter()
+        .filter(|arg| arg != "-nographic")
+        .collect();
+    args.extend(
+        [
+            "-display", "none", "-serial", "none", "-S", "-monitor", "stdio",
+        ]
+        .map(str::to_owned),
+    );
+    args.extend(device_args(system, Drives::Null));
+    let shown = show_command(qemu, &args);
+    let mut child = Command::new(qemu)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // A write error means QEMU already exited; its status and stderr say why.
+        let _ = stdin.write_all(b"info qtree\nquit\n");
+    }
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("`{shown}` did not finish"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let found = parse_qtree(&text);
+    let mut located = BTreeMap::new();
+    for device in &system.qemu_devices {
+        let base = found.get(&device.id).copied().with_context(|| {
+            format!(
+                "qemu_device '{}': `{shown}` (info qtree) shows no virtio-mmio transport with it \
+                 ({}); stderr: {}",
+                device.id,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        })?;
+        located.insert(device.id.clone(), base);
+    }
+    Ok(located)
+}
+
+/// From `info qtree`: device id -> address of the virtio-mmio transport it sits on. A
+/// transport prints `mmio <address>/<size>`, then its bus, then `dev: <type>, id "<id>"`.
+pub fn parse_qtree(text: &str) -> BTreeMap<String, u64> {
+    let mut located = BTreeMap::new();
+    let mut last_mmio = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("mmio ") {
+            last_mmio = rest
+                .split_once('/')
+                .and_then(|(address, _)| u64::from_str_radix(address, 16).ok());
+        } else if let Some(rest) = line.strip_prefix("dev: ") {
+            let Some((kind, id)) = rest.split_once(", id \"") else {
+                continue;
+            };
+            if kind == "virtio-mmio" {
+                continue;
+            }
+            let id = id.trim_end_matches('"');
+            if let (true, false, Some(address)) =
+                (kind.starts_with("virtio-"), id.is_empty(), last_mmio)
+            {
+                located.insert(id.to_owned(), address);
+            }
+        }
+    }
+    located
+}
+
+/// Creates the disk images of `create = true` devices afresh (the old file is deleted first,
+/// then a sparse zero-filled file of the size is created) and checks the others exist.
+pub fn prepare_disks(system: &System, print: &mut dyn FnMut(Print)) -> Result<()> {
+    for device in &system.qemu_devices {
+        let Some(image) = &device.image else {
+            continue;
+        };
+        match device.create_size {
+            Some(size) => {
+                if image.exists() {
+                    fs::remove_file(image)
+                        .with_context(|| format!("cannot delete {}", image.display()))?;
+                }
+                if let Some(parent) = image.parent() {
+                    fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                let file = fs::File::create(image)
+                    .with_context(|| format!("cannot create {}", image.display()))?;
+                file.set_len(size)
+                    .with_context(|| format!("cannot size {}", image.display()))?;
+                print(Print::Progress(format!(
+                    "  qemu_device '{}': created {} ({}, zero-filled)",
+                    device.id,
+                    image.display(),
+                    format_size(size)
+                )));
+            }
+            None => {
+                if !image.is_file() {
+                    bail!(
+                        "{}: qemu_device '{}': image {} does not exist (set create = true and a \
+                         size to have it created)",
+                        system.path.display(),
+                        device.id,
+                        image.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The device trees of a run, written into its directory.
+#[derive(Debug)]
+pub struct Trees {
+    /// The machine's tree as QEMU dumped it (`machine.dtb`).
+    pub machine: Vec<u8>,
+    /// The system's QEMU devices as located in the machine.
+    pub devices: Vec<HostDevice>,
+    /// Every module: the kernels given, then the partial device trees.
+    pub modules: Vec<Module>,
+    /// Xen's device tree (`xen.dtb`).
+    pub xen: Vec<u8>,
+}
+
+/// Dumps the machine's tree (with the system's devices on the command line), locates the
+/// devices, writes each domain's partial device tree (`<domain>.partial.dtb`), places those
+/// after `kernels` and writes Xen's tree (`xen.dtb`), all in `directory`.
+pub fn build_trees(
+    system: &System,
+    qemu: &Path,
+    smp: u32,
+    directory: &Path,
+    kernels: Vec<Module>,
+    print: &mut dyn FnMut(Print),
+) -> Result<Trees> {
+    let machine_dtb = directory.join("machine.dtb");
+    let null_devices = device_args(system, Drives::Null);
+    let mut shown_args = machine_args(&system.board.qemu, smp, Some(&machine_dtb));
+    shown_args.extend(null_devices.iter().cloned());
+    print(Print::Progress(format!(
+        "dumping the machine's device tree: {}",
+        show_command(qemu, &shown_args)
+    )));
+    let machine =
+        dump_machine_dtb_with(qemu, &system.board.qemu, smp, &null_devices, &machine_dtb)?;
+    let located = locate_devices(qemu, &system.board.qemu, smp, system)?;
+    let mut devices = Vec::new();
+    for device in &system.qemu_devices {
+        let host = devicetree::host_device(&machine, &device.id, located[&device.id])?;
+        print(Print::Progress(format!(
+            "  qemu_device '{}' ({}): {} reg {:#x}+{:#x} INTID {}{}",
+            device.id,
+            device.kind,
+            host.path,
+            host.base,
+            host.size,
+            host.intid()
+                .map_or("?".to_owned(), |intid| intid.to_string()),
+            device
+                .owner
+                .and_then(|owner| system.domain_by_id(owner))
+                .map_or(String::new(), |domain| format!(
+                    ", passed through to '{}'",
+                    domain.name
+                ))
+        )));
+        devices.push(host);
+    }
+    devicetree::check_devices(system, &devices)?;
+
+    let mut partial = Vec::new();
+    for domain in &system.domains {
+        if let Some(tree) = devicetree::partial_tree(system, domain.domid, &devices)? {
+            let path = directory.join(format!("{}.partial.dtb", domain.name));
+            fs::write(&path, &tree).with_context(|| format!("cannot write {}", path.display()))?;
+            partial.push((domain.domid, path, tree.len() as u64));
+        }
+    }
+    let mut modules = kernels;
+    layout::place_device_trees(system, &mut modules, &partial)?;
+    for device in &system.virtio {
+        let name = |domid: u32| {
+            system
+                .domain_by_id(domid)
+                .map_or_else(|| domid.to_string(), |domain| domain.name.clone())
+        };
+        print(Print::Progress(format!(
+            "  virtio {}: '{}' (d{}) serves '{}' (d{}) at {:#x}+{:#x} INTID {}",
+            device.kind,
+            name(device.backend),
+            device.backend,
+            name(device.frontend),
+            device.frontend,
+            device.base,
+            device.size,
+            device.intid
+        )));
+    }
+
+    let xen_dtb = directory.join("xen.dtb");
+    let xen = devicetree::build(&machine, system, &modules, &devices)?;
+    fs::write(&xen_dtb, &xen).with_context(|| format!("cannot write {}", xen_dtb.display()))?;
+    Ok(Trees {
+        machine,
+        devices,
+        modules,
+        xen,
+    })
 }
 
 /// A command line as it can be pasted into a shell.
@@ -204,10 +496,25 @@ impl RunReport {
         let monitor = &self.monitor;
         match &self.outcome {
             Some(Outcome::AllPoweredOff) => {
-                lines.push(format!(
-                    "PASS: {}: every domain powered off ({seconds:.1} s)",
-                    system.name()
-                ));
+                let services: Vec<String> = system
+                    .domains
+                    .iter()
+                    .filter(|domain| domain.is_service())
+                    .map(|domain| format!("'{}'", domain.name))
+                    .collect();
+                if services.is_empty() {
+                    lines.push(format!(
+                        "PASS: {}: every domain powered off ({seconds:.1} s)",
+                        system.name()
+                    ));
+                } else {
+                    lines.push(format!(
+                        "PASS: {}: every domain powered off, services serving: {} (stopped with \
+                         QEMU) ({seconds:.1} s)",
+                        system.name(),
+                        services.join(", ")
+                    ));
+                }
             }
             Some(Outcome::Crashed { domid, reason }) => {
                 let name = monitor.label(Source::Domain(*domid));
@@ -348,7 +655,7 @@ pub fn prepare(
             }
         }
     };
-    let modules = layout::place(system, &options.images, &mut size_of)?;
+    let kernels = layout::place(system, &options.images, &mut size_of)?;
     let xen = hypervisor_image(system.hypervisor)?;
     let qemu = qemu_binary();
     let directory = work_dir(options.keep.as_deref())?;
@@ -357,22 +664,16 @@ pub fn prepare(
     } else {
         system.board.qemu.smp
     };
-
-    let machine_dtb = directory.join("machine.dtb");
-    print(Print::Progress(format!(
-        "dumping the machine's device tree: {}",
-        show_command(
-            &qemu,
-            &machine_args(&system.board.qemu, smp, Some(&machine_dtb))
-        )
-    )));
-    let base = dump_machine_dtb(&qemu, &system.board.qemu, smp, &machine_dtb)?;
+    prepare_disks(system, print)?;
+    let trees = build_trees(system, &qemu, smp, &directory, kernels, print)?;
+    let modules = trees.modules;
     let xen_dtb = directory.join("xen.dtb");
     print(Print::Progress(format!(
-        "writing Xen's device tree {} ({} domain(s), {} channel(s))",
+        "wrote Xen's device tree {} ({} domain(s), {} channel(s), {} virtio device(s))",
         xen_dtb.display(),
         system.domains.len(),
-        system.channels.len()
+        system.channels.len(),
+        system.virtio.len()
     )));
     print(Print::Progress(format!(
         "  Xen ({} hypervisor {}): \"{}\"",
@@ -380,9 +681,17 @@ pub fn prepare(
         xen.display(),
         system.xen_bootargs
     )));
-    let tree = devicetree::build(&base, system, &modules)?;
-    fs::write(&xen_dtb, &tree).with_context(|| format!("cannot write {}", xen_dtb.display()))?;
     for module in &modules {
+        if module.kind == ModuleKind::DeviceTree {
+            print(Print::Progress(format!(
+                "  domU{}: partial device tree {} at {:#x} ({} bytes)",
+                module.domid,
+                module.image.display(),
+                module.address,
+                module.size
+            )));
+            continue;
+        }
         let domain = system
             .domain_by_id(module.domid)
             .expect("a module per domain");
@@ -415,6 +724,7 @@ pub fn prepare(
             module.address
         ));
     }
+    args.extend(device_args(system, Drives::Images));
     let script = format!("#!/bin/sh\nexec {}\n", show_command(&qemu, &args));
     fs::write(directory.join("qemu.sh"), script)
         .with_context(|| format!("cannot write {}", directory.join("qemu.sh").display()))?;
@@ -450,7 +760,8 @@ pub fn run(
         let _ = fs::remove_dir_all(&prepared.directory);
     } else {
         print(Print::Progress(format!(
-            "kept machine.dtb, xen.dtb and qemu.sh in {}",
+            "kept machine.dtb, xen.dtb, the partial device trees (*.partial.dtb) and qemu.sh in \
+             {}",
             prepared.directory.display()
         )));
     }
@@ -518,6 +829,13 @@ fn run_prepared(
             .domains
             .iter()
             .map(|domain| (domain.domid, domain.name.clone())),
+    )
+    .with_services(
+        system
+            .domains
+            .iter()
+            .filter(|domain| domain.is_service())
+            .map(|domain| domain.domid),
     );
     let mut qemu_stderr = Vec::new();
     let mut end = deadline;
@@ -592,21 +910,24 @@ fn run_prepared(
     })
 }
 
-/// Boot-to-ready figures of a run, by domain name.
+/// Boot-to-ready figures of a run, by domain name: `ferry: ready ... ticks= freq=`, or for a
+/// service its `ferry: serve: ... ready` line when that has `ticks=` and `freq=`.
 pub fn ready_figures(
     system: &System,
     report: &RunReport,
 ) -> BTreeMap<String, crate::console::Ready> {
-    report
+    let serving = report
         .monitor
-        .ready()
+        .serving()
         .iter()
-        .filter_map(|(domid, ready)| {
-            system
-                .domain_by_id(*domid)
-                .map(|domain| (domain.name.clone(), *ready))
-        })
-        .collect()
+        .filter_map(|(domid, ready)| ready.map(|ready| (*domid, ready)));
+    let mut figures = BTreeMap::new();
+    for (domid, ready) in serving.chain(report.monitor.ready().iter().map(|(d, r)| (*d, *r))) {
+        if let Some(domain) = system.domain_by_id(domid) {
+            figures.insert(domain.name.clone(), ready);
+        }
+    }
+    figures
 }
 
 #[cfg(test)]
@@ -645,5 +966,96 @@ mod tests {
             ),
             r"/usr/bin/qemu -M virt,x=y 'a b' 'it'\''s'"
         );
+    }
+
+    #[test]
+    fn qtree_gives_each_device_its_transport() {
+        let text = r#"
+  dev: virtio-mmio, id ""
+    format_transport_address = true
+    force-legacy = false
+    mmio 000000000a003e00/0000000000000200
+    bus: virtio-mmio-bus.31
+      type virtio-mmio-bus
+      dev: virtio-blk-device, id "disk0"
+        drive = "disk0"
+  dev: virtio-mmio, id ""
+    mmio 000000000a003c00/0000000000000200
+    bus: virtio-mmio-bus.30
+      type virtio-mmio-bus
+      dev: virtio-rng-device, id "rng0"
+  dev: virtio-mmio, id ""
+    mmio 000000000a003a00/0000000000000200
+    bus: virtio-mmio-bus.29
+      type virtio-mmio-bus
+"#;
+        let located = parse_qtree(text);
+        assert_eq!(located.len(), 2);
+        assert_eq!(located["disk0"], 0xa00_3e00);
+        assert_eq!(located["rng0"], 0xa00_3c00);
+    }
+
+    #[test]
+    fn devices_are_added_in_declaration_order() {
+        let system = test_system(
+            r#"
+board = "qemu-virt-arm64"
+hypervisor = "ferry"
+[[qemu_device]]
+id = "disk0"
+kind = "virtio-blk"
+image = "/d/disk.img"
+[[qemu_device]]
+id = "rng0"
+kind = "virtio-rng"
+[[domain]]
+name = "one"
+appliance = "selftest"
+memory = "4M"
+"#,
+        );
+        assert_eq!(
+            device_args(&system, Drives::Images),
+            [
+                "-drive",
+                "file=/d/disk.img,if=none,format=raw,id=disk0",
+                "-device",
+                "virtio-blk-device,drive=disk0,id=disk0",
+                "-device",
+                "virtio-rng-device,id=rng0",
+                "-global",
+                "virtio-mmio.force-legacy=false"
+            ]
+        );
+        assert_eq!(
+            device_args(&system, Drives::Null)[1],
+            "if=none,id=disk0,driver=null-co"
+        );
+        assert!(device_args(&test_system(TWO), Drives::Images).is_empty());
+    }
+
+    #[test]
+    fn qemu_puts_the_first_device_on_the_highest_transport() {
+        // The real thing: QEMU says where it put each device.
+        let system = test_system(
+            r#"
+board = "qemu-virt-arm64"
+hypervisor = "ferry"
+[[qemu_device]]
+id = "disk0"
+kind = "virtio-blk"
+image = "/nonexistent/disk.img"
+[[qemu_device]]
+id = "rng0"
+kind = "virtio-rng"
+[[domain]]
+name = "one"
+appliance = "selftest"
+memory = "4M"
+"#,
+        );
+        let located = locate_devices(&qemu_binary(), &system.board.qemu, 1, &system).unwrap();
+        assert_eq!(located["disk0"], 0xa00_3e00);
+        assert_eq!(located["rng0"], 0xa00_3c00);
     }
 }

@@ -25,6 +25,8 @@ pub mod hypercall_number {
     pub const SCHED_OP: u64 = 29;
     /// `__HYPERVISOR_event_channel_op` (the "new" one: command and pointer argument).
     pub const EVENT_CHANNEL_OP: u64 = 32;
+    /// `__HYPERVISOR_dm_op`: operations of a device model on its target domain.
+    pub const DM_OP: u64 = 41;
 }
 
 /// The immediate of the `hvc` instruction that Xen treats as a hypercall (`XEN_HYPERCALL_TAG`,
@@ -467,6 +469,233 @@ impl SharedInfo {
     }
 }
 
+// ----------------------------------------------------------------------------------------------
+// XENMEM_acquire_resource (xen/include/public/memory.h)
+
+/// `XENMEM_acquire_resource`: `memory_op(XENMEM_acquire_resource, &XenMemAcquireResource)`.
+pub const XENMEM_ACQUIRE_RESOURCE: u64 = 28;
+/// `XENMEM_resource_ioreq_server`: the pages of an ioreq server (`id` = server id).
+pub const XENMEM_RESOURCE_IOREQ_SERVER: u16 = 0;
+/// `XENMEM_resource_ioreq_server_frame_ioreq(0)`: the first synchronous ioreq page (frame 0
+/// is the buffered-ioreq page, which a server created with `handle_bufioreq = 0` has not).
+pub const XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ0: u64 = 1;
+
+/// `struct xen_mem_acquire_resource` (xen/include/public/memory.h), 32 bytes.
+///
+/// On arm the caller is auto-translated: `frame_list` points to `nr_frames` gfns of the
+/// *caller* at which Xen maps the resource's pages (an input; `set_foreign_p2m_entry`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct XenMemAcquireResource {
+    /// IN: the domain whose resource is mapped.
+    pub domid: DomId,
+    /// IN: a `XENMEM_resource_*` type.
+    pub r#type: u16,
+    /// IN: type-specific id (the ioreq server id).
+    pub id: u32,
+    /// IN: number of frames (and of gfns in `frame_list`).
+    pub nr_frames: u32,
+    /// OUT: `XENMEM_rsrc_acq_caller_owned` (never set for ioreq pages).
+    pub flags: u32,
+    /// IN: index of the first frame of the resource.
+    pub frame: u64,
+    /// IN: guest address of an array of `nr_frames` `xen_pfn_t` (`XEN_GUEST_HANDLE`).
+    pub frame_list: u64,
+}
+
+// ----------------------------------------------------------------------------------------------
+// dm_op (xen/include/public/hvm/dm_op.h)
+
+/// An ioreq server id (`ioservid_t`, xen/include/public/hvm/dm_op.h).
+pub type IoServId = u16;
+
+/// `XEN_DMOP_create_ioreq_server`.
+pub const XEN_DMOP_CREATE_IOREQ_SERVER: u32 = 1;
+/// `XEN_DMOP_get_ioreq_server_info`.
+pub const XEN_DMOP_GET_IOREQ_SERVER_INFO: u32 = 2;
+/// `XEN_DMOP_map_io_range_to_ioreq_server`.
+pub const XEN_DMOP_MAP_IO_RANGE_TO_IOREQ_SERVER: u32 = 3;
+/// `XEN_DMOP_set_ioreq_server_state`.
+pub const XEN_DMOP_SET_IOREQ_SERVER_STATE: u32 = 5;
+/// `XEN_DMOP_set_irq_level`: assert or deassert an SPI of the target (arm).
+pub const XEN_DMOP_SET_IRQ_LEVEL: u32 = 19;
+/// `XEN_DMOP_nr_vcpus`: the target's vCPU count (= number of ioreq slots).
+pub const XEN_DMOP_NR_VCPUS: u32 = 20;
+
+/// `HVM_IOREQSRV_BUFIOREQ_OFF` (xen/include/public/hvm/hvm_op.h): no buffered ioreq page.
+pub const HVM_IOREQSRV_BUFIOREQ_OFF: u8 = 0;
+/// `XEN_DMOP_no_gfns`: do not map the ioreq pages into the target (the only way on arm).
+pub const XEN_DMOP_NO_GFNS: u16 = 1 << 0;
+/// `XEN_DMOP_IO_RANGE_MEMORY`: an MMIO range.
+pub const XEN_DMOP_IO_RANGE_MEMORY: u32 = 1;
+
+/// `struct xen_dm_op`: the op number, padding, then the op's member of the union `u` at offset
+/// 8. Generic over the member so each call passes exactly one type; Xen reads and writes
+/// `8 + sizeof(member)` bytes (`op_size[]` in xen/arch/arm/dm.c), which `size_of::<DmOp<T>>()`
+/// covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOp<T> {
+    /// A `XEN_DMOP_*` number.
+    pub op: u32,
+    /// `pad`.
+    pub pad: u32,
+    /// The member of `u` that `op` uses.
+    pub u: T,
+}
+
+/// `struct xen_dm_op_buf`: one buffer of a `dm_op` call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOpBuf {
+    /// Guest address of the buffer (`XEN_GUEST_HANDLE(void)`).
+    pub handle: u64,
+    /// Its size in bytes (`xen_ulong_t`).
+    pub size: u64,
+}
+
+/// `struct xen_dm_op_create_ioreq_server`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOpCreateIoreqServer {
+    /// IN: `HVM_IOREQSRV_BUFIOREQ_*`.
+    pub handle_bufioreq: u8,
+    /// `pad[3]`.
+    pub pad: [u8; 3],
+    /// OUT: the server id.
+    pub id: IoServId,
+}
+
+/// `struct xen_dm_op_get_ioreq_server_info`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOpGetIoreqServerInfo {
+    /// IN: the server.
+    pub id: IoServId,
+    /// IN: `XEN_DMOP_no_gfns`.
+    pub flags: u16,
+    /// OUT: buffered ioreq event channel (none here).
+    pub bufioreq_port: EvtchnPort,
+    /// OUT: gfn of the ioreq page (not with `XEN_DMOP_no_gfns`).
+    pub ioreq_gfn: u64,
+    /// OUT: gfn of the buffered ioreq page.
+    pub bufioreq_gfn: u64,
+}
+
+/// `struct xen_dm_op_ioreq_server_range` (`map_io_range_to_ioreq_server`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOpIoreqServerRange {
+    /// IN: the server.
+    pub id: IoServId,
+    /// `pad`.
+    pub pad: u16,
+    /// IN: `XEN_DMOP_IO_RANGE_*`.
+    pub r#type: u32,
+    /// IN: first address.
+    pub start: u64,
+    /// IN: last address (inclusive).
+    pub end: u64,
+}
+
+/// `struct xen_dm_op_set_ioreq_server_state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOpSetIoreqServerState {
+    /// IN: the server.
+    pub id: IoServId,
+    /// IN: 1 enabled, 0 disabled.
+    pub enabled: u8,
+    /// `pad`.
+    pub pad: u8,
+}
+
+/// `struct xen_dm_op_set_irq_level`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOpSetIrqLevel {
+    /// IN: the interrupt (GIC INTID; SPIs only).
+    pub irq: u32,
+    /// IN: 1 asserted, 0 deasserted.
+    pub level: u8,
+    /// `pad[3]`.
+    pub pad: [u8; 3],
+}
+
+/// `struct xen_dm_op_nr_vcpus`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DmOpNrVcpus {
+    /// OUT: number of vCPUs.
+    pub vcpus: u32,
+}
+
+// ----------------------------------------------------------------------------------------------
+// ioreq (xen/include/public/hvm/ioreq.h)
+
+/// `IOREQ_READ` (the `dir` bit).
+pub const IOREQ_READ: u8 = 1;
+/// `IOREQ_WRITE`.
+pub const IOREQ_WRITE: u8 = 0;
+/// `STATE_IOREQ_NONE`: the slot is free.
+pub const STATE_IOREQ_NONE: u8 = 0;
+/// `STATE_IOREQ_READY`: Xen posted a request.
+pub const STATE_IOREQ_READY: u8 = 1;
+/// `STATE_IOREQ_INPROCESS`: the device model took it (optional, Ferry skips it).
+pub const STATE_IOREQ_INPROCESS: u8 = 2;
+/// `STATE_IORESP_READY`: the device model answered.
+pub const STATE_IORESP_READY: u8 = 3;
+/// `IOREQ_TYPE_PIO`: port I/O (x86).
+pub const IOREQ_TYPE_PIO: u8 = 0;
+/// `IOREQ_TYPE_COPY`: an MMIO access.
+pub const IOREQ_TYPE_COPY: u8 = 1;
+/// `IOREQ_TYPE_PCI_CONFIG`.
+pub const IOREQ_TYPE_PCI_CONFIG: u8 = 2;
+/// `IOREQ_TYPE_TIMEOFFSET` (x86).
+pub const IOREQ_TYPE_TIMEOFFSET: u8 = 7;
+/// `IOREQ_TYPE_INVALIDATE`: the target changed its p2m; drop any map cache.
+pub const IOREQ_TYPE_INVALIDATE: u8 = 8;
+
+/// `struct ioreq` (xen/include/public/hvm/ioreq.h), 32 bytes: one slot per target vCPU in the
+/// synchronous ioreq page (`struct shared_iopage`).
+///
+/// Xen writes the request while the state is NONE and the device model writes the answer while
+/// it is READY, from other physical CPUs: every field is atomic. Byte 30 holds the bitfields
+/// `state:4, data_is_ptr:1, dir:1, df:1, _pad1:1` (GCC allocates bitfields from bit 0 on
+/// little-endian arm64).
+#[derive(Debug, Default)]
+#[repr(C)]
+pub struct Ioreq {
+    /// Guest physical address of the access.
+    pub addr: AtomicU64,
+    /// Written value, or where the device model puts the read value.
+    pub data: AtomicU64,
+    /// Repetitions (x86 `rep`); 1 on arm.
+    pub count: AtomicU32,
+    /// Access size in bytes.
+    pub size: AtomicU32,
+    /// The target's end of the event channel for this vCPU (unbound; the device model binds).
+    pub vp_eport: AtomicU32,
+    /// `_pad0`.
+    pub pad0: AtomicU16,
+    /// `state:4, data_is_ptr:1, dir:1, df:1, _pad1:1`.
+    pub flags: AtomicU8,
+    /// An `IOREQ_TYPE_*`.
+    pub r#type: AtomicU8,
+}
+
+/// Mask of `state` in [`Ioreq::flags`].
+pub const IOREQ_STATE_MASK: u8 = 0x0f;
+/// `data_is_ptr` in [`Ioreq::flags`].
+pub const IOREQ_DATA_IS_PTR: u8 = 1 << 4;
+/// `dir` in [`Ioreq::flags`].
+pub const IOREQ_DIR: u8 = 1 << 5;
+/// `df` in [`Ioreq::flags`].
+pub const IOREQ_DF: u8 = 1 << 6;
+
+/// Slots of the synchronous ioreq page: one 4 KiB page of 32-byte `struct ioreq`.
+pub const IOREQ_SLOTS_PER_PAGE: usize = PAGE_SIZE / core::mem::size_of::<Ioreq>();
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,5 +805,62 @@ mod tests {
             "permission denied"
         );
         assert_eq!(gntst::message(-100), "unknown status");
+    }
+
+    #[test]
+    fn acquire_resource_layout() {
+        assert_eq!(offset_of!(XenMemAcquireResource, domid), 0);
+        assert_eq!(offset_of!(XenMemAcquireResource, r#type), 2);
+        assert_eq!(offset_of!(XenMemAcquireResource, id), 4);
+        assert_eq!(offset_of!(XenMemAcquireResource, nr_frames), 8);
+        assert_eq!(offset_of!(XenMemAcquireResource, flags), 12);
+        assert_eq!(offset_of!(XenMemAcquireResource, frame), 16);
+        assert_eq!(offset_of!(XenMemAcquireResource, frame_list), 24);
+        assert_eq!(size_of::<XenMemAcquireResource>(), 32);
+    }
+
+    #[test]
+    fn dm_op_layouts() {
+        assert_eq!(size_of::<DmOpBuf>(), 16);
+        assert_eq!(offset_of!(DmOp<DmOpNrVcpus>, u), 8);
+        assert_eq!(offset_of!(DmOp<DmOpGetIoreqServerInfo>, u), 8);
+
+        assert_eq!(offset_of!(DmOpCreateIoreqServer, handle_bufioreq), 0);
+        assert_eq!(offset_of!(DmOpCreateIoreqServer, id), 4);
+        assert_eq!(size_of::<DmOpCreateIoreqServer>(), 6);
+
+        assert_eq!(offset_of!(DmOpGetIoreqServerInfo, flags), 2);
+        assert_eq!(offset_of!(DmOpGetIoreqServerInfo, bufioreq_port), 4);
+        assert_eq!(offset_of!(DmOpGetIoreqServerInfo, ioreq_gfn), 8);
+        assert_eq!(offset_of!(DmOpGetIoreqServerInfo, bufioreq_gfn), 16);
+        assert_eq!(size_of::<DmOpGetIoreqServerInfo>(), 24);
+
+        assert_eq!(offset_of!(DmOpIoreqServerRange, r#type), 4);
+        assert_eq!(offset_of!(DmOpIoreqServerRange, start), 8);
+        assert_eq!(offset_of!(DmOpIoreqServerRange, end), 16);
+        assert_eq!(size_of::<DmOpIoreqServerRange>(), 24);
+
+        assert_eq!(offset_of!(DmOpSetIoreqServerState, enabled), 2);
+        assert_eq!(size_of::<DmOpSetIoreqServerState>(), 4);
+
+        assert_eq!(offset_of!(DmOpSetIrqLevel, level), 4);
+        assert_eq!(size_of::<DmOpSetIrqLevel>(), 8);
+        assert_eq!(size_of::<DmOpNrVcpus>(), 4);
+        // Xen needs buf.size >= 8 + sizeof(member).
+        assert!(size_of::<DmOp<DmOpCreateIoreqServer>>() >= 8 + 6);
+    }
+
+    #[test]
+    fn ioreq_layout() {
+        assert_eq!(offset_of!(Ioreq, addr), 0);
+        assert_eq!(offset_of!(Ioreq, data), 8);
+        assert_eq!(offset_of!(Ioreq, count), 16);
+        assert_eq!(offset_of!(Ioreq, size), 20);
+        assert_eq!(offset_of!(Ioreq, vp_eport), 24);
+        assert_eq!(offset_of!(Ioreq, pad0), 28);
+        assert_eq!(offset_of!(Ioreq, flags), 30);
+        assert_eq!(offset_of!(Ioreq, r#type), 31);
+        assert_eq!(size_of::<Ioreq>(), 32);
+        assert_eq!(IOREQ_SLOTS_PER_PAGE, 128);
     }
 }

@@ -8,12 +8,13 @@
 use core::arch::asm;
 
 use super::abi::{
-    hypercall_number, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnPort, EvtchnPortArg,
-    EvtchnStatus, GnttabCopy, GnttabQuerySize, SchedPoll, SchedShutdown, ShutdownReason,
-    XenAddToPhysmap, CONSOLEIO_WRITE, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN,
-    EVTCHNOP_CLOSE, EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK, GNTTABOP_COPY,
-    GNTTABOP_QUERY_SIZE, SCHEDOP_BLOCK, SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
-    XENMEM_ADD_TO_PHYSMAP, XENVER_VERSION,
+    hypercall_number, DmOp, DmOpBuf, DomId, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnPort,
+    EvtchnPortArg, EvtchnStatus, GnttabCopy, GnttabQuerySize, SchedPoll, SchedShutdown,
+    ShutdownReason, XenAddToPhysmap, XenMemAcquireResource, CONSOLEIO_WRITE,
+    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
+    EVTCHNOP_STATUS, EVTCHNOP_UNMASK, GNTTABOP_COPY, GNTTABOP_QUERY_SIZE, SCHEDOP_BLOCK,
+    SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD, XENMEM_ACQUIRE_RESOURCE, XENMEM_ADD_TO_PHYSMAP,
+    XENVER_VERSION,
 };
 
 /// Issues hypercall `number` with five arguments and returns Xen's result (negative: an errno).
@@ -231,6 +232,49 @@ pub fn sched_poll(ports: &[EvtchnPort], timeout: u64) -> i64 {
         hypercall5(
             hypercall_number::SCHED_OP,
             [SCHEDOP_POLL, &raw const argument as u64, 0, 0, 0],
+        )
+    }
+}
+
+/// `HYPERVISOR_dm_op(domid, 1, &buf)` with one buffer holding `operation`
+/// (xen/include/public/hvm/dm_op.h): Xen reads the op and, for ops with OUT fields, writes
+/// `operation.u` back. Returns 0 or a negative errno.
+///
+/// # Safety
+///
+/// `T` must be the `xen_dm_op` union member that `operation.op` uses (Xen reads and writes
+/// `8 + sizeof(member)` bytes of the buffer).
+pub unsafe fn dm_op<T>(domid: DomId, operation: &mut DmOp<T>) -> i64 {
+    let buffer = DmOpBuf {
+        handle: &raw mut *operation as u64,
+        size: core::mem::size_of::<DmOp<T>>() as u64,
+    };
+    // SAFETY: `buffer` describes `operation`, alive and exclusively borrowed for the call, of
+    // the size Xen is told; the caller matches `T` to the op. PA = VA, so the addresses are the
+    // guest addresses Xen expects.
+    unsafe {
+        hypercall5(
+            hypercall_number::DM_OP,
+            [u64::from(domid), 1, &raw const buffer as u64, 0, 0],
+        )
+    }
+}
+
+/// `HYPERVISOR_memory_op(XENMEM_acquire_resource, argument)`: on arm, maps the resource's
+/// frames at the gfns that `argument.frame_list` lists. Returns 0 or a negative errno.
+///
+/// # Safety
+///
+/// `argument.frame_list` must point to `argument.nr_frames` gfns, and whatever is at those
+/// gfns is replaced by the resource's pages: the caller must own them and have no Rust object
+/// there (an unused hole in our address space is the usual choice).
+pub unsafe fn acquire_resource(argument: &mut XenMemAcquireResource) -> i64 {
+    // SAFETY: XENMEM_acquire_resource reads and writes a `struct xen_mem_acquire_resource`,
+    // which `argument` is; the caller vouches for the frame list and the frames.
+    unsafe {
+        hypercall5(
+            hypercall_number::MEMORY_OP,
+            [XENMEM_ACQUIRE_RESOURCE, &raw mut *argument as u64, 0, 0, 0],
         )
     }
 }

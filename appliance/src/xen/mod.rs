@@ -2,16 +2,18 @@
 //! tables and scheduler operations.
 //!
 //! [`abi`] is plain data. Together with the pure logic of [`evtchn`] (the upcall's scan of the
-//! shared info page), [`grant`] (entry updates, copy batches) and [`version`], it exists on
-//! every target, so that it is tested on the host. What issues hypercalls exists on bare
+//! shared info page), [`grant`] (entry updates, copy batches), [`ioreq`] (slots of the ioreq
+//! page), [`dm`] and [`version`], it exists on every target, so that it is tested on the host. What issues hypercalls exists on bare
 //! metal only. `unsafe` is confined to [`hypercall`] (the `hvc` and the calls that change our
 //! address space or write our memory) and the two places that turn Xen's pages into Rust
 //! objects ([`shared_info`], the mapping of the grant table in [`grant`]).
 
 pub mod abi;
+pub mod dm;
 mod error;
 pub mod evtchn;
 pub mod grant;
+pub mod ioreq;
 pub mod shared_info;
 pub mod version;
 
