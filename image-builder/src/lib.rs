@@ -21,6 +21,7 @@ pub mod bench;
 pub mod config;
 pub mod console;
 pub mod devicetree;
+pub mod diskcheck;
 pub mod image;
 pub mod layout;
 pub mod qemu;

@@ -76,6 +76,17 @@ enum Command {
         #[command(flatten)]
         images: ImageArgs,
     },
+    /// Check on the host that a disk image holds a probe's seeded pattern (and zeros after it)
+    CheckDisk {
+        /// The disk image, e.g. build/disks/blk-demo.img
+        image: PathBuf,
+        /// The pattern seed (probe.seed)
+        #[arg(long)]
+        seed: u32,
+        /// The pattern size in MiB (probe.mib)
+        #[arg(long)]
+        mib: u64,
+    },
     /// Print image sizes, the smallest domain memory that passes, and boot-to-ready times
     Bench {
         /// The system to measure [default: boards/qemu-virt-arm64/selftest.toml]
@@ -116,6 +127,16 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Build { out, toolchain } => build(out, toolchain).map(|()| true),
+        Command::CheckDisk { image, seed, mib } => {
+            let seen = image_builder::diskcheck::check_pattern(&image, seed, mib)?;
+            println!(
+                "{}: sectors 0..{} hold the pattern of seed {seed}; the other {} bytes are zero",
+                image.display(),
+                seen.pattern_sectors,
+                seen.image_bytes - (mib << 20)
+            );
+            Ok(true)
+        }
         Command::Run {
             system,
             timeout,
