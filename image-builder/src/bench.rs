@@ -62,7 +62,9 @@ pub fn smallest_memory(
     Ok(search)
 }
 
-/// One `ferry: bench: <name> bytes=<B> ticks=<T> freq=<F> [requests=<N>]` line of the probe.
+/// One `ferry: bench: <name> bytes=<B> ticks=<T> freq=<F> [requests=<N>]` line of the probe,
+/// or `ferry: bench: <name> bytes=<B> usecs=<U> [requests=<N>]` of a Linux test
+/// (linux/lib.sh; read as ticks of a 1 MHz counter).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BenchLine {
     /// The pass: `seq-write`, `seq-read`, `rand-write-4k`, `rand-read-4k`, `request-cost`.
@@ -97,6 +99,10 @@ impl BenchLine {
                 "ticks" => ticks = value,
                 "freq" => frequency = value,
                 "requests" => requests = value,
+                "usecs" => {
+                    ticks = value;
+                    frequency = Some(1_000_000);
+                }
                 _ => {}
             }
         }
@@ -130,6 +136,22 @@ impl BenchLine {
     pub fn microseconds_per_request(&self) -> f64 {
         self.seconds() * 1e6 / self.request_count() as f64
     }
+}
+
+/// The printk timestamp of Linux's `Run /init as init process` line, in microseconds: the
+/// kernel's own boot (from its clock's start, early in `time_init`) to user space.
+pub fn linux_run_init_us(text: &str) -> Option<u64> {
+    let rest = text.trim().strip_prefix('[')?;
+    let (stamp, message) = rest.split_once(']')?;
+    if !message
+        .trim_start()
+        .starts_with("Run /init as init process")
+    {
+        return None;
+    }
+    let (seconds, micros) = stamp.trim().split_once('.')?;
+    let micros: String = micros.chars().chain("000000".chars()).take(6).collect();
+    Some(seconds.parse::<u64>().ok()? * 1_000_000 + micros.parse::<u64>().ok()?)
 }
 
 #[cfg(test)]
@@ -169,6 +191,20 @@ mod tests {
     }
 
     #[test]
+    fn run_init_is_found() {
+        assert_eq!(
+            linux_run_init_us("[    0.128092] Run /init as init process"),
+            Some(128_092)
+        );
+        assert_eq!(
+            linux_run_init_us("[   12.5] Run /init as init process"),
+            Some(12_500_000)
+        );
+        assert_eq!(linux_run_init_us("[    0.128092] Run /sbin/init"), None);
+        assert_eq!(linux_run_init_us("ferry-linux: init"), None);
+    }
+
+    #[test]
     fn bench_lines_parse() {
         let line =
             BenchLine::parse("ferry: bench: seq-write bytes=4194304 ticks=62500000 freq=62500000")
@@ -191,5 +227,11 @@ mod tests {
             None
         );
         assert_eq!(BenchLine::parse("ferry: ready probe ticks=1 freq=1"), None);
+        let line = BenchLine::parse(
+            "ferry: bench: linux-rand-read-4k bytes=262144 usecs=40000 requests=64",
+        )
+        .unwrap();
+        assert_eq!((line.ticks, line.frequency), (40000, 1_000_000));
+        assert!((line.microseconds_per_request() - 625.0).abs() < 1e-9);
     }
 }

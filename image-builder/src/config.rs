@@ -357,6 +357,9 @@ pub struct QemuDeviceEntry {
     /// `virtio-blk`: delete the image and create it afresh, sparse and zero-filled, at every run.
     #[serde(default)]
     pub create: bool,
+    /// QEMU's virtio-mmio bus to put the device on, e.g. `"virtio-mmio-bus.23"` (`-device
+    /// ...,bus=`); default: QEMU's choice (the highest free transport).
+    pub bus: Option<String>,
 }
 
 /// The kinds of QEMU device a system can declare.
@@ -428,14 +431,51 @@ fn default_vcpus() -> u32 {
     1
 }
 
+/// Kernels a domain can run instead of an appliance (`kernel = "..."`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelKind {
+    /// Ferry's unmodified Linux frontend (`FERRY_LINUX_IMAGE`) with its busybox initramfs
+    /// (`FERRY_LINUX_INITRAMFS`, a `multiboot,ramdisk` module): docs/linux-frontend.md.
+    Linux,
+}
+
+/// What a domain boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// A Ferry appliance: `build/images/<name>.img`.
+    Appliance(String),
+    /// Ferry's Linux frontend kernel and initramfs.
+    Linux,
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kernel::Appliance(name) => write!(f, "appliance {name}"),
+            Kernel::Linux => f.write_str("linux"),
+        }
+    }
+}
+
+/// The console device of Ferry's Linux frontend: Xen's vpl011 (an `arm,sbsa-uart`, driven by
+/// the PL011 driver). `hvc0` needs xenstore, which dom0less domains do not have.
+pub const LINUX_CONSOLE: &str = "console=ttyAMA0";
+
 /// A `[[domain]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainEntry {
     /// Unique name: console prefix, `ferry.name=`, channel ends.
     pub name: String,
-    /// The appliance binary; its image is `build/images/<appliance>.img`.
-    pub appliance: String,
+    /// The appliance binary; its image is `build/images/<appliance>.img`. Exactly one of
+    /// `appliance` and `kernel`.
+    pub appliance: Option<String>,
+    /// A kernel other than an appliance: `"linux"`.
+    pub kernel: Option<KernelKind>,
+    /// `kernel = "linux"`: the tests of the initramfs to run, in order (`ferry.test=a,b`).
+    #[serde(default)]
+    pub tests: Vec<String>,
     /// Guest RAM, a multiple of 4 KiB.
     pub memory: Size,
     /// Virtual CPUs.
@@ -507,6 +547,8 @@ pub struct QemuDevice {
     pub create_size: Option<u64>,
     /// The domain that owns it, if any.
     pub owner: Option<u32>,
+    /// `bus`: QEMU's virtio-mmio bus (`-device ...,bus=`), when given.
+    pub bus: Option<String>,
 }
 
 /// A checked `[[virtio]]` entry: everything both ends are told.
@@ -535,8 +577,8 @@ pub struct Domain {
     pub name: String,
     /// Its domain id (1 for the first entry).
     pub domid: u32,
-    /// The appliance binary.
-    pub appliance: String,
+    /// What it boots.
+    pub kernel: Kernel,
     /// Guest RAM in bytes.
     pub memory: u64,
     /// Virtual CPUs.
@@ -551,6 +593,8 @@ pub struct Domain {
     pub passthrough: Vec<String>,
     /// The emulated device it serves as a device model (it is then a *service*).
     pub serves: Option<VirtioDevice>,
+    /// `kernel = "linux"`: the initramfs tests to run (`ferry.test=`).
+    pub tests: Vec<String>,
 }
 
 /// One domain's end of a channel.
@@ -578,8 +622,15 @@ pub struct Channel {
 impl Domain {
     /// The whole command line of the domain's kernel (see the module docs for the order).
     pub fn bootargs(&self) -> String {
-        let mut words = vec![format!("ferry.name={}", self.name)];
+        let mut words = Vec::new();
+        if self.kernel == Kernel::Linux {
+            words.push(LINUX_CONSOLE.to_owned());
+        }
+        words.push(format!("ferry.name={}", self.name));
         words.extend(self.own_bootargs.split_whitespace().map(str::to_owned));
+        if !self.tests.is_empty() {
+            words.push(format!("ferry.test={}", self.tests.join(",")));
+        }
         for end in &self.ends {
             words.push(format!("{}.port={}", end.channel, end.port));
             words.push(format!("{}.peer={}", end.channel, end.peer_domid));
@@ -591,6 +642,14 @@ impl Domain {
             words.push(format!("ioreq.irq={}", device.intid));
         }
         words.join(" ")
+    }
+
+    /// The appliance it runs, if it runs one.
+    pub fn appliance(&self) -> Option<&str> {
+        match &self.kernel {
+            Kernel::Appliance(name) => Some(name),
+            Kernel::Linux => None,
+        }
     }
 
     /// Whether the domain is a service: a device model, which never exits on its own. The run
@@ -640,7 +699,7 @@ impl System {
     pub fn append_bootargs(&mut self, appliance: &str, words: &str) -> usize {
         let mut count = 0;
         for domain in &mut self.domains {
-            if domain.appliance == appliance {
+            if domain.appliance() == Some(appliance) {
                 domain.own_bootargs = format!("{} {words}", domain.own_bootargs).trim().to_owned();
                 count += 1;
             }
@@ -751,11 +810,47 @@ pub fn resolve(
         {
             bail!("{at}: name: a domain of that name comes earlier");
         }
-        if !is_name(&entry.appliance) {
-            bail!(
-                "{at}: appliance: '{}' is not an appliance binary name",
-                entry.appliance
-            );
+        match (&entry.appliance, entry.kernel) {
+            (Some(appliance), None) => {
+                if !is_name(appliance) {
+                    bail!("{at}: appliance: '{appliance}' is not an appliance binary name");
+                }
+                if !entry.tests.is_empty() {
+                    bail!(
+                        "{at}: tests: only for kernel = \"linux\" (an appliance reads its own \
+                         bootargs)"
+                    );
+                }
+            }
+            (None, Some(KernelKind::Linux)) => {
+                if entry.tests.is_empty() {
+                    bail!(
+                        "{at}: tests: missing (kernel = \"linux\" runs the initramfs tests \
+                         listed here, e.g. tests = [\"blk\"]; linux/tests/<name>.sh)"
+                    );
+                }
+                for test in &entry.tests {
+                    let valid = !test.is_empty()
+                        && test.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                        });
+                    if !valid {
+                        bail!("{at}: tests: '{test}' is not a test name ([a-z0-9_-]+)");
+                    }
+                }
+                for word in entry.bootargs.split_whitespace() {
+                    if word.starts_with("console=") || word.starts_with("ferry.test=") {
+                        bail!(
+                            "{at}: bootargs: '{word}' is added by image-builder ({LINUX_CONSOLE}, \
+                             ferry.test= from tests), leave it out"
+                        );
+                    }
+                }
+            }
+            (Some(_), Some(_)) => bail!("{at}: appliance and kernel: give one of them, not both"),
+            (None, None) => bail!(
+                "{at}: missing key 'appliance' (or 'kernel = \"linux\"'): what the domain boots"
+            ),
         }
         check_memory(entry.memory.0)
             .map_err(|message| anyhow!("{at}: memory: {} {message}", entry.memory))?;
@@ -840,7 +935,10 @@ pub fn resolve(
         domains.push(Domain {
             name: entry.name.clone(),
             domid,
-            appliance: entry.appliance.clone(),
+            kernel: match &entry.appliance {
+                Some(appliance) => Kernel::Appliance(appliance.clone()),
+                None => Kernel::Linux,
+            },
             memory: entry.memory.0,
             vcpus: entry.vcpus,
             direct_map: entry.direct_map.map(|direct_map| direct_map.base.0),
@@ -851,6 +949,7 @@ pub fn resolve(
                 .iter()
                 .find(|device| device.backend == domid)
                 .copied(),
+            tests: entry.tests.clone(),
         });
     }
     check_direct_map_overlaps(path, &domains)?;
@@ -973,12 +1072,24 @@ fn resolve_qemu_devices(path: &Path, file: &SystemFile) -> Result<Vec<QemuDevice
                 (None, None)
             }
         };
+        if let Some(bus) = &entry.bus {
+            let valid = bus.strip_prefix("virtio-mmio-bus.").is_some_and(|number| {
+                !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
+            });
+            if !valid {
+                bail!(
+                    "{at}: bus: '{bus}' is not a virtio-mmio bus name (e.g. \"virtio-mmio-bus.23\"; \
+                     on virt bus N is the transport at 0x0a000000 + 0x200 * N)"
+                );
+            }
+        }
         devices.push(QemuDevice {
             id: entry.id.clone(),
             kind: entry.kind,
             image,
             create_size,
             owner: None,
+            bus: entry.bus.clone(),
         });
     }
     for (index, entry) in file.domains.iter().enumerate() {
@@ -1497,12 +1608,76 @@ ends = ["third", "ping"]
     }
 
     #[test]
-    fn missing_keys_and_bad_values_are_named() {
-        let message = error(&SYSTEM.replace("appliance = \"selftest\"\nmemory = \"4M\"", ""));
+    fn a_linux_domain_gets_its_console_and_tests() {
+        let text = VIRTIO.replace(
+            "appliance = \"probe\"\nmemory = \"16M\"\nbootargs = \"probe.backend={domid:blk}\"",
+            "kernel = \"linux\"\nmemory = \"128M\"\ntests = [\"blk\", \"ioerror\"]\nbootargs = \"quiet\"",
+        );
+        let system = system(&text).unwrap();
+        let linux = &system.domains[0];
+        assert_eq!(linux.kernel, Kernel::Linux);
+        assert_eq!(linux.appliance(), None);
+        assert_eq!(
+            linux.bootargs(),
+            "console=ttyAMA0 ferry.name=probe quiet ferry.test=blk,ioerror"
+        );
+        assert_eq!(system.domains[1].appliance(), Some("blk"));
+
+        let message = error(&text.replace("tests = [\"blk\", \"ioerror\"]\n", ""));
         assert!(
-            message.contains("domain 'ping': missing key 'appliance'"),
+            message.contains("domain 'probe': tests: missing"),
             "{message}"
         );
+        let message = error(&text.replace("\"ioerror\"", "\"Bad name\""));
+        assert!(
+            message.contains("tests: 'Bad name' is not a test name"),
+            "{message}"
+        );
+        let message = error(&text.replace("\"quiet\"", "\"console=hvc0\""));
+        assert!(
+            message.contains("bootargs: 'console=hvc0' is added by image-builder"),
+            "{message}"
+        );
+        let message = error(&text.replace("kernel = \"linux\"", "kernel = \"bsd\""));
+        assert!(message.contains("kernel: unknown variant"), "{message}");
+        let message = error(&text.replace(
+            "kernel = \"linux\"",
+            "kernel = \"linux\"\nappliance = \"probe\"",
+        ));
+        assert!(message.contains("give one of them, not both"), "{message}");
+        let message = error(&VIRTIO.replace(
+            "appliance = \"probe\"",
+            "appliance = \"probe\"\ntests = [\"blk\"]",
+        ));
+        assert!(
+            message.contains("tests: only for kernel = \"linux\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_qemu_device_can_name_its_bus() {
+        let text = VIRTIO.replace(
+            "kind = \"virtio-rng\"",
+            "kind = \"virtio-rng\"\nbus = \"virtio-mmio-bus.23\"",
+        );
+        let system = system(&text).unwrap();
+        assert_eq!(
+            system.qemu_device("rng0").unwrap().bus.as_deref(),
+            Some("virtio-mmio-bus.23")
+        );
+        let message = error(&text.replace("bus.23", "bus.x"));
+        assert!(
+            message
+                .contains("qemu_device 'rng0': bus: 'virtio-mmio-bus.x' is not a virtio-mmio bus"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn missing_keys_and_bad_values_are_named() {
+        let message = error(&SYSTEM.replace("appliance = \"selftest\"\nmemory = \"4M\"", ""));
+        assert!(message.contains("domain 'ping': missing key"), "{message}");
         let message = error(&SYSTEM.replace("\"ferry\"", "\"xen\""));
         assert!(
             message.contains(":3: hypervisor: unknown variant"),

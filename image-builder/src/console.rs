@@ -31,6 +31,18 @@ pub const FATAL_XEN_MESSAGES: &[&str] = &[
     "Unable to",
 ];
 
+/// Lines of a Linux guest that mean it crashed (substrings of the text after its printk
+/// timestamp): a panic (`Kernel panic - not syncing: ...`, after which Linux never powers off),
+/// an oops (`Internal error: Oops: ...`, `Unable to handle kernel ...`), a `BUG()`, and `/init`
+/// exiting or failing to power off.
+pub const LINUX_CRASH_MESSAGES: &[&str] = &[
+    "Kernel panic - not syncing",
+    "Internal error: Oops",
+    "Unable to handle kernel ",
+    "kernel BUG at ",
+    "ferry-linux: poweroff failed",
+];
+
 /// Who printed a console line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
@@ -141,6 +153,16 @@ fn domain_event(domid: u32, text: &str) -> Option<Event> {
         return Some(Event::Crashed {
             domid,
             reason: text.to_owned(),
+        });
+    }
+    let kernel_text = strip_timestamp(text);
+    if LINUX_CRASH_MESSAGES
+        .iter()
+        .any(|message| kernel_text.starts_with(message))
+    {
+        return Some(Event::Crashed {
+            domid,
+            reason: format!("Linux: {kernel_text}"),
         });
     }
     if let Some(rest) = text.strip_prefix("ferry: ready ") {
@@ -461,6 +483,44 @@ impl fmt::Display for Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linux_lines_are_mapped_and_its_crashes_fail_the_run() {
+        // vpl011 lines of a Linux guest: tty ONLCR + Xen's own line end.
+        let (source, text) = classify("(XEN) DOM1: ferry-linux: init\r\r\n");
+        assert_eq!((source, text), (Source::Domain(1), "ferry-linux: init"));
+        assert_eq!(
+            event(Source::Domain(1), "ferry: shutdown: poweroff"),
+            Some(Event::PoweredOff(1))
+        );
+        for line in [
+            "[    0.195980] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b",
+            "[    0.174424] Internal error: Oops - BUG: 00000000f2000800 [#1] SMP",
+            "[    1.5] Unable to handle kernel paging request at virtual address 0000000000000008",
+        ] {
+            assert!(
+                matches!(event(Source::Domain(1), line), Some(Event::Crashed { domid: 1, .. })),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            event(
+                Source::Domain(1),
+                "[    0.350131] virtio_blk virtio0: [vda] 131072 512-byte logical blocks"
+            ),
+            None
+        );
+        let mut monitor = Monitor::new([(1, "linux".to_owned())]);
+        monitor.feed("(XEN) DOM1: [    0.2] Kernel panic - not syncing: System is deadlocked on memory\r\r\n");
+        assert_eq!(
+            monitor.outcome(),
+            Some(&Outcome::Crashed {
+                domid: 1,
+                reason: "Linux: Kernel panic - not syncing: System is deadlocked on memory"
+                    .to_owned()
+            })
+        );
+    }
 
     #[test]
     fn sample_lines_are_classified() {

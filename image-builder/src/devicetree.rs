@@ -39,6 +39,8 @@ use crate::layout::{Module, ModuleKind};
 
 /// The multiboot compatible strings of a domU kernel module.
 pub const KERNEL_MODULE_COMPATIBLE: [&str; 2] = ["multiboot,kernel", "multiboot,module"];
+/// The multiboot compatible strings of a Linux domU's initramfs module.
+pub const RAMDISK_MODULE_COMPATIBLE: [&str; 2] = ["multiboot,ramdisk", "multiboot,module"];
 /// The multiboot compatible strings of a domU's partial device tree module.
 pub const DEVICE_TREE_MODULE_COMPATIBLE: [&str; 2] = ["multiboot,device-tree", "multiboot,module"];
 /// Phandle of the `/gic` placeholder of a partial device tree. Xen 4.17 takes the phandle of
@@ -520,6 +522,7 @@ fn write_domain(writer: &mut FdtWriter, additions: &Additions<'_>, domid: u32) -
         let compatible = match module.kind {
             ModuleKind::Kernel => KERNEL_MODULE_COMPATIBLE,
             ModuleKind::DeviceTree => DEVICE_TREE_MODULE_COMPATIBLE,
+            ModuleKind::Ramdisk => RAMDISK_MODULE_COMPATIBLE,
         };
         writer
             .property_string_list("compatible", compatible.map(str::to_owned).to_vec())

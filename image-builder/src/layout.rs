@@ -2,14 +2,15 @@
 //!
 //! Each domain gets its own copy of its appliance image (Xen frees boot modules after it has
 //! built the domains, so two domains never share one), at the next address aligned to
-//! `modules.align`, in domain-id order. This module only computes and checks addresses; it
-//! never reads or writes images.
+//! `modules.align`, in domain-id order. A Linux domain (`kernel = "linux"`) gets
+//! `FERRY_LINUX_IMAGE` there and its initramfs (`FERRY_LINUX_INITRAMFS`) at the next page.
+//! This module only computes and checks addresses; it never reads or writes images.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
-use crate::config::{System, PAGE_SIZE};
+use crate::config::{Kernel, System, PAGE_SIZE};
 
 /// What a module is to Xen (the `compatible` of its node).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub enum ModuleKind {
     Kernel,
     /// The domain's partial device tree (`multiboot,device-tree`).
     DeviceTree,
+    /// A Linux domain's initramfs (`multiboot,ramdisk`).
+    Ramdisk,
 }
 
 /// One domain's kernel or partial device tree in host memory: what `-device loader` loads and
@@ -48,50 +51,121 @@ pub fn image_path(images: &Path, appliance: &str) -> PathBuf {
     images.join(format!("{appliance}.img"))
 }
 
-/// Places every domain's image; `size_of` gives an image file's size.
+/// Ferry's Linux frontend: the kernel and the initramfs `scripts/setup` built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxFiles {
+    /// `FERRY_LINUX_IMAGE`: the arm64 `Image`.
+    pub image: PathBuf,
+    /// `FERRY_LINUX_INITRAMFS`: the gzip'd cpio.
+    pub initramfs: PathBuf,
+}
+
+impl LinuxFiles {
+    /// From the environment or `$FERRY_CACHE/env.sh` (scripts/setup, steps `linux-frontend` and
+    /// `linux-initramfs`).
+    pub fn from_settings() -> Result<Self> {
+        let get = |name: &str| {
+            crate::qemu::setting(name)
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "kernel = \"linux\" needs {name} (in the environment or \
+                     $FERRY_CACHE/env.sh): run scripts/setup"
+                    )
+                })
+        };
+        Ok(Self {
+            image: get("FERRY_LINUX_IMAGE")?,
+            initramfs: get("FERRY_LINUX_INITRAMFS")?,
+        })
+    }
+}
+
+/// The files a domain boots: its kernel, and for Linux its initramfs.
+pub fn domain_files(images: &Path, kernel: &Kernel) -> Result<Vec<(ModuleKind, PathBuf)>> {
+    Ok(match kernel {
+        Kernel::Appliance(name) => vec![(ModuleKind::Kernel, image_path(images, name))],
+        Kernel::Linux => {
+            let linux = LinuxFiles::from_settings()?;
+            vec![
+                (ModuleKind::Kernel, linux.image),
+                (ModuleKind::Ramdisk, linux.initramfs),
+            ]
+        }
+    })
+}
+
+/// Places every domain's image (and a Linux domain's initramfs); `size_of` gives an image
+/// file's size.
 pub fn place(
     system: &System,
     images: &Path,
     size_of: &mut dyn FnMut(&Path) -> Result<u64>,
 ) -> Result<Vec<Module>> {
-    let area = system.board.modules;
-    let align = area.align.0;
-    let mut next = area.base.0;
+    let mut next = system.board.modules.base.0;
     let mut modules = Vec::new();
     for domain in &system.domains {
-        let image = image_path(images, &domain.appliance);
-        let size = size_of(&image)?;
-        if size == 0 {
-            bail!(
-                "domain '{}': image {} is empty",
-                domain.name,
-                image.display()
-            );
+        for (kind, image) in domain_files(images, &domain.kernel)? {
+            place_one(
+                system,
+                domain,
+                kind,
+                image,
+                &mut next,
+                size_of,
+                &mut modules,
+            )?;
         }
-        let address = next.div_ceil(align) * align;
-        let end = address + size;
-        if end > area.end() {
-            bail!(
-                "domain '{}': {} ({size} bytes) does not fit in the module area {}-{:#x} of {} \
-                 (next free address {address:#x})",
-                domain.name,
-                image.display(),
-                area.base,
-                area.end(),
-                system.board_path.display()
-            );
-        }
-        next = end;
-        modules.push(Module {
-            domid: domain.domid,
-            kind: ModuleKind::Kernel,
-            image,
-            address,
-            size,
-        });
     }
     check(&modules)?;
     Ok(modules)
+}
+
+fn place_one(
+    system: &System,
+    domain: &crate::config::Domain,
+    kind: ModuleKind,
+    image: PathBuf,
+    next: &mut u64,
+    size_of: &mut dyn FnMut(&Path) -> Result<u64>,
+    modules: &mut Vec<Module>,
+) -> Result<()> {
+    let area = system.board.modules;
+    // A kernel at the board's alignment; an initramfs right after it (a page is enough).
+    let align = match kind {
+        ModuleKind::Kernel => area.align.0,
+        _ => PAGE_SIZE,
+    };
+    let size = size_of(&image)?;
+    if size == 0 {
+        bail!(
+            "domain '{}': image {} is empty",
+            domain.name,
+            image.display()
+        );
+    }
+    let address = next.div_ceil(align) * align;
+    let end = address + size;
+    if end > area.end() {
+        bail!(
+            "domain '{}': {} ({size} bytes) does not fit in the module area {}-{:#x} of {} \
+                 (next free address {address:#x})",
+            domain.name,
+            image.display(),
+            area.base,
+            area.end(),
+            system.board_path.display()
+        );
+    }
+    *next = end;
+    modules.push(Module {
+        domid: domain.domid,
+        kind,
+        image,
+        address,
+        size,
+    });
+    Ok(())
 }
 
 /// Places partial device trees `(domid, file, size)` after the last module, each page aligned

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use image_builder::appliances::{self, BuildOptions, DEFAULT_TOOLCHAIN};
 use image_builder::bench;
 use image_builder::config::{self, format_size, parse_size, System};
-use image_builder::console::Outcome;
+use image_builder::console::{self, Outcome};
 use image_builder::image::Header;
 use image_builder::qemu::{self, Print, RunOptions, RunReport};
 
@@ -107,6 +107,15 @@ enum Command {
         /// The blk baseline, the probe owning the disk [default: boards/qemu-virt-arm64/blk-direct.toml]
         #[arg(long, value_name = "FILE")]
         blk_baseline: Option<PathBuf>,
+        /// Skip the Linux figures (Linux through the blk appliance vs Linux owning the disk)
+        #[arg(long)]
+        skip_linux: bool,
+        /// Linux through the blk appliance [default: boards/qemu-virt-arm64/linux-blk.toml]
+        #[arg(long, value_name = "FILE")]
+        linux_system: Option<PathBuf>,
+        /// Linux owning the disk [default: boards/qemu-virt-arm64/linux-blk-direct.toml]
+        #[arg(long, value_name = "FILE")]
+        linux_baseline: Option<PathBuf>,
         #[command(flatten)]
         images: ImageArgs,
     },
@@ -151,6 +160,9 @@ fn dispatch(cli: Cli) -> Result<bool> {
             skip_blk,
             blk_system,
             blk_baseline,
+            skip_linux,
+            linux_system,
+            linux_baseline,
             images,
         } => bench(
             BenchArgs {
@@ -160,6 +172,9 @@ fn dispatch(cli: Cli) -> Result<bool> {
                 skip_blk,
                 blk_system,
                 blk_baseline,
+                skip_linux,
+                linux_system,
+                linux_baseline,
             },
             &images,
         )
@@ -296,6 +311,9 @@ struct BenchArgs {
     skip_blk: bool,
     blk_system: Option<PathBuf>,
     blk_baseline: Option<PathBuf>,
+    skip_linux: bool,
+    linux_system: Option<PathBuf>,
+    linux_baseline: Option<PathBuf>,
 }
 
 fn default_board_file(path: Option<PathBuf>, name: &str) -> Result<PathBuf> {
@@ -385,9 +403,191 @@ fn bench(args: BenchArgs, image_args: &ImageArgs) -> Result<()> {
             table.push(format!("# blk: not measured: {error:#}"));
         }
     }
+    // 5. Linux: the same unmodified Linux and tests through the blk appliance and owning the
+    //    disk itself.
+    if args.skip_linux {
+        table.push(String::new());
+        table.push("# linux: skipped (--skip-linux)".to_owned());
+    } else {
+        let served = default_board_file(args.linux_system, "linux-blk.toml")?;
+        let direct = default_board_file(args.linux_baseline, "linux-blk-direct.toml")?;
+        if let Err(error) = linux_tables(&served, &direct, &images, &mut table) {
+            table.push(String::new());
+            table.push(format!("# linux: not measured: {error:#}"));
+        }
+    }
     for line in table {
         println!("{line}");
     }
+    Ok(())
+}
+
+/// What one icount run of a Linux blk system gave.
+struct LinuxRun {
+    /// `ferry: bench: linux-...` lines.
+    lines: Vec<bench::BenchLine>,
+    /// `Run /init as init process` in kernel time, microseconds.
+    run_init_us: Option<u64>,
+    /// Boot to ready of the services (their `ferry: serve: ... ready ticks= freq=`).
+    services: Vec<(String, console::Ready)>,
+}
+
+/// Runs a Linux system under icount; returns its bench lines and boot figures.
+fn linux_run(path: &Path, images: &Path) -> Result<LinuxRun> {
+    let system = config::load_system(path)?;
+    let mut lines = Vec::new();
+    let mut run_init_us = None;
+    let mut printer = quiet_printer();
+    let report = qemu::run(
+        &system,
+        &RunOptions {
+            images: images.to_owned(),
+            timeout: Duration::from_secs(system.timeout_seconds),
+            icount: true,
+            keep: None,
+        },
+        &mut |print: Print| {
+            if let Print::Console { text, .. } = &print {
+                if let Some(line) = bench::BenchLine::parse(text) {
+                    lines.push(line);
+                }
+                if let Some(us) = bench::linux_run_init_us(text) {
+                    run_init_us.get_or_insert(us);
+                }
+            }
+            printer(print);
+        },
+    )?;
+    if !report.is_success() {
+        for line in report.summary(&system) {
+            eprintln!("{line}");
+        }
+        bail!("{}: {}", system.name(), verdict_word(&report));
+    }
+    if lines.is_empty() {
+        bail!("{}: Linux printed no `ferry: bench:` line", system.name());
+    }
+    let figures = qemu::ready_figures(&system, &report);
+    let services = system
+        .domains
+        .iter()
+        .filter(|domain| domain.is_service())
+        .filter_map(|domain| {
+            figures
+                .get(&domain.name)
+                .map(|ready| (domain.name.clone(), *ready))
+        })
+        .collect();
+    Ok(LinuxRun {
+        lines,
+        run_init_us,
+        services,
+    })
+}
+
+fn linux_tables(
+    served: &Path,
+    direct: &Path,
+    images: &Path,
+    table: &mut Vec<String>,
+) -> Result<()> {
+    let appliance = linux_run(served, images)?;
+    let baseline = linux_run(direct, images)?;
+    table.push(String::new());
+    table.push(format!(
+        "# linux blk throughput (Linux's own clock, guest virtual time, icount, -smp 1; \
+         O_DIRECT dd): appliance = {}, direct = {}",
+        served.display(),
+        direct.display()
+    ));
+    table.push(format!(
+        "{:<22} {:>9} {:>15} {:>12} {:>7} {:>15} {:>12}",
+        "pass",
+        "bytes",
+        "appliance MiB/s",
+        "direct MiB/s",
+        "ratio",
+        "appliance us/rq",
+        "direct us/rq"
+    ));
+    let overhead = |lines: &[bench::BenchLine]| {
+        lines
+            .iter()
+            .find(|line| line.name == "linux-dd-4k")
+            .map(|line| line.microseconds_per_request())
+    };
+    let (appliance_dd, direct_dd) = (overhead(&appliance.lines), overhead(&baseline.lines));
+    for line in &appliance.lines {
+        if line.name == "linux-dd-4k" {
+            continue;
+        }
+        let Some(other) = baseline.lines.iter().find(|other| other.name == line.name) else {
+            table.push(format!(
+                "{:<22} {:>9} {:>15.2} {:>12}",
+                line.name,
+                line.bytes,
+                line.mib_per_second(),
+                "(no direct figure)"
+            ));
+            continue;
+        };
+        let per_request = |line: &bench::BenchLine| {
+            line.requests.map_or("-".to_owned(), |_| {
+                format!("{:.1}", line.microseconds_per_request())
+            })
+        };
+        table.push(format!(
+            "{:<22} {:>9} {:>15.2} {:>12.2} {:>7.3} {:>15} {:>12}",
+            line.name,
+            line.bytes,
+            line.mib_per_second(),
+            other.mib_per_second(),
+            line.mib_per_second() / other.mib_per_second(),
+            per_request(line),
+            per_request(other)
+        ));
+        if let (Some(_), Some(a_dd), Some(d_dd)) = (line.requests, appliance_dd, direct_dd) {
+            let net = |line: &bench::BenchLine, dd: f64| line.microseconds_per_request() - dd;
+            let (a, d) = (net(line, a_dd), net(other, d_dd));
+            table.push(format!(
+                "{:<22} {:>9} {:>15} {:>12} {:>7.2} {:>15.1} {:>12.1}",
+                format!("  {} net", line.name.trim_start_matches("linux-")),
+                "",
+                "",
+                "",
+                a / d,
+                a,
+                d
+            ));
+        }
+    }
+    if let (Some(a), Some(d)) = (appliance_dd, direct_dd) {
+        table.push(format!(
+            "(random passes: one dd process per 4 KiB request; `net` subtracts the same dd \
+             from /dev/zero to /dev/null, {a:.1} / {d:.1} us per process; ratio = appliance / \
+             direct per request)"
+        ));
+    }
+    table.push(String::new());
+    table.push("# linux boot (icount, -smp 1)".to_owned());
+    let mut boot = |name: &str, run: &LinuxRun| {
+        table.push(format!(
+            "{name}: Linux kernel start to `Run /init`: {}",
+            run.run_init_us
+                .map_or("(no `Run /init` line)".to_owned(), |us| format!(
+                    "{:.1} ms (printk time)",
+                    us as f64 / 1000.0
+                ))
+        ));
+        for (service, ready) in &run.services {
+            table.push(format!(
+                "{name}: appliance '{service}' domain start to serving: {:.1} ms",
+                ready.microseconds() / 1000.0
+            ));
+        }
+    };
+    boot("appliance", &appliance);
+    boot("direct", &baseline);
     Ok(())
 }
 

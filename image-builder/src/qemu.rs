@@ -157,6 +157,10 @@ pub fn device_args(system: &System, drives: Drives) -> Vec<String> {
     let mut args = Vec::new();
     for device in &system.qemu_devices {
         let id = &device.id;
+        let bus = device
+            .bus
+            .as_ref()
+            .map_or(String::new(), |bus| format!(",bus={bus}"));
         match device.kind {
             QemuDeviceKind::VirtioBlk => {
                 let drive = match (drives, &device.image) {
@@ -169,11 +173,14 @@ pub fn device_args(system: &System, drives: Drives) -> Vec<String> {
                     "-drive".to_owned(),
                     drive,
                     "-device".to_owned(),
-                    format!("virtio-blk-device,drive={id},id={id}"),
+                    format!("virtio-blk-device,drive={id},id={id}{bus}"),
                 ]);
             }
             QemuDeviceKind::VirtioRng => {
-                args.extend(["-device".to_owned(), format!("virtio-rng-device,id={id}")]);
+                args.extend([
+                    "-device".to_owned(),
+                    format!("virtio-rng-device,id={id}{bus}"),
+                ]);
             }
         }
     }
@@ -682,10 +689,15 @@ pub fn prepare(
         system.xen_bootargs
     )));
     for module in &modules {
-        if module.kind == ModuleKind::DeviceTree {
+        if module.kind != ModuleKind::Kernel {
             print(Print::Progress(format!(
-                "  domU{}: partial device tree {} at {:#x} ({} bytes)",
+                "  domU{}: {} {} at {:#x} ({} bytes)",
                 module.domid,
+                if module.kind == ModuleKind::DeviceTree {
+                    "partial device tree"
+                } else {
+                    "initramfs"
+                },
                 module.image.display(),
                 module.address,
                 module.size

@@ -1,0 +1,217 @@
+//! Unmodified Linux guests as frontends of Ferry's appliances (docs/linux-frontend.md).
+//!
+//! - The initramfs's disk pattern (`linux/mkinitramfs`, Python) is byte for byte
+//!   `ferry_drivers::pattern::fill_sector`, so the host can check what Linux wrote.
+//! - `linux-blk.toml` (blk + ioerror tests through the blk appliance), `linux-parallel.toml`
+//!   (concurrent writers) and `linux-blk-direct.toml` (Linux owning the disk, no grants) pass,
+//!   and the disk image holds the pattern and zeros elsewhere; `linux-rng.toml` and
+//!   `linux-mixed.toml` (one Linux, two appliances) pass.
+//!
+//! They need `FERRY_LINUX_IMAGE` and `FERRY_LINUX_INITRAMFS` (scripts/setup). The appliance
+//! images are built once; runs are serialized (QEMU uses both host cores).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use image_builder::config;
+
+/// linux/mkinitramfs's PATTERN_SEED and PATTERN_MIB (linux/tests/*.sh print them).
+const PATTERN_SEED: u32 = 20251127;
+const PATTERN_MIB: u64 = 4;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("image-builder is inside the workspace")
+        .to_owned()
+}
+
+fn board_dir() -> PathBuf {
+    workspace_root().join("boards").join("qemu-virt-arm64")
+}
+
+/// Builds the images once; holds the lock that serializes runs.
+fn images() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    BUILT.get_or_init(|| {
+        let output = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+            .arg("build")
+            .current_dir(workspace_root())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "image-builder build failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+    guard
+}
+
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(system: &Path) -> Run {
+    let _lock = images();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .arg("run")
+        .arg(system)
+        .arg("--no-build")
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    let run = Run {
+        success: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    eprintln!("{}\n{}", run.stdout, run.stderr);
+    run
+}
+
+/// A copy of a board system file whose disk images live in the test's own directory.
+fn isolated_copy(name: &str) -> PathBuf {
+    let text = fs::read_to_string(board_dir().join(format!("{name}.toml"))).unwrap();
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux");
+    fs::create_dir_all(&directory).unwrap();
+    let board = board_dir().join("board.toml");
+    let text = text
+        .replace(
+            "board = \"qemu-virt-arm64\"",
+            &format!("board = \"{}\"", board.display()),
+        )
+        .replace("image = \"build/disks/", "image = \"disks/");
+    let path = directory.join(format!("{name}.toml"));
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs a Linux blk system and checks the disk image on the host.
+fn blk_system_writes_the_pattern(name: &str, tests: &[&str]) -> Run {
+    let path = isolated_copy(name);
+    let system = config::load_system(&path).unwrap();
+    let image = system.qemu_device("disk0").unwrap().image.clone().unwrap();
+    assert!(image.starts_with(env!("CARGO_TARGET_TMPDIR")));
+    let run = run(&path);
+    assert!(run.success, "{name}.toml failed");
+    assert!(run.stderr.contains(&format!("PASS: {name}")));
+    assert!(
+        run.stdout
+            .contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks"),
+        "Linux's virtio-blk probe line"
+    );
+    for test in tests {
+        assert!(
+            run.stdout
+                .contains(&format!("ferry-linux: test {test}: exit 0")),
+            "test {test} passed"
+        );
+    }
+    assert!(run
+        .stdout
+        .contains(&format!("verified {PATTERN_MIB} MiB seed {PATTERN_SEED}")));
+    if let Err(error) = image_builder::diskcheck::check_pattern(&image, PATTERN_SEED, PATTERN_MIB) {
+        panic!("{error:#}");
+    }
+    run
+}
+
+#[test]
+fn the_initramfs_pattern_is_ferry_drivers_pattern() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pattern.bin");
+    let status = Command::new("python3")
+        .arg(workspace_root().join("linux/mkinitramfs"))
+        .arg("--pattern-only")
+        .arg(&out)
+        .args(["--seed", "7", "--mib", "1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = fs::read(&out).unwrap();
+    assert_eq!(bytes.len(), 1 << 20);
+    image_builder::diskcheck::check_bytes(&bytes, 7, 1).unwrap();
+    assert!(image_builder::diskcheck::check_bytes(&bytes, 8, 1).is_err());
+    // The defaults are the constants the tests check the disks with.
+    let status = Command::new("python3")
+        .arg(workspace_root().join("linux/mkinitramfs"))
+        .arg("--pattern-only")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = fs::read(&out).unwrap();
+    image_builder::diskcheck::check_bytes(&bytes, PATTERN_SEED, PATTERN_MIB).unwrap();
+}
+
+#[test]
+fn linux_writes_its_pattern_through_the_blk_appliance() {
+    let run = blk_system_writes_the_pattern("linux-blk", &["blk", "ioerror"]);
+    assert!(run.stdout.contains("ACCESS_PLATFORM"), "grant-based DMA");
+    assert!(run.stdout.contains("ferry: serve: blk ready for d1"));
+    assert!(run.stdout.contains("ferry: bench: linux-seq-write bytes="));
+    assert!(run
+        .stdout
+        .contains("ferry-linux: ioerror: write past the end: refused"));
+}
+
+#[test]
+fn linux_keeps_requests_in_flight_through_the_blk_appliance() {
+    let run = blk_system_writes_the_pattern("linux-parallel", &["parallel"]);
+    assert!(run.stdout.contains("ferry-linux: parallel: 4 writers done"));
+}
+
+#[test]
+fn linux_owns_a_passed_through_disk_without_grants() {
+    let run = blk_system_writes_the_pattern("linux-blk-direct", &["blk", "ioerror"]);
+    let features = run
+        .stdout
+        .lines()
+        .find(|line| line.contains("ferry-linux: blk: virtio0 features:"))
+        .expect("the features line");
+    assert!(
+        !features.contains("ACCESS_PLATFORM"),
+        "a real device, no grants: {features}"
+    );
+}
+
+#[test]
+fn linux_reads_entropy_through_the_rng_appliance() {
+    let run = run(&board_dir().join("linux-rng.toml"));
+    assert!(run.success, "linux-rng.toml failed");
+    assert!(run
+        .stdout
+        .contains("ferry-linux: rng: rng_current: virtio_rng.0"));
+    assert!(run
+        .stdout
+        .contains("ferry-linux: rng: 65536 bytes, 256 distinct byte values"));
+    assert!(run.stdout.contains("ferry: serve: rng ready for d1"));
+}
+
+#[test]
+fn one_linux_guest_uses_two_appliances() {
+    let path = isolated_copy("linux-mixed");
+    let run = run(&path);
+    assert!(run.success, "linux-mixed.toml failed");
+    assert!(run
+        .stdout
+        .contains("ferry: serve: blk ready for d1 at 0x2000000 irq 33"));
+    assert!(run
+        .stdout
+        .contains("ferry: serve: rng ready for d1 at 0x2000200 irq 34"));
+    assert!(run.stdout.contains("ferry-linux: test blk: exit 0"));
+    assert!(run.stdout.contains("ferry-linux: test rng: exit 0"));
+    assert!(run
+        .stdout
+        .contains("ferry-linux: rng: rng_current: virtio_rng.0"));
+}
