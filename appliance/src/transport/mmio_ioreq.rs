@@ -1,6 +1,8 @@
 //! The mmio-ioreq transport's serve loop: a virtio-mmio register window of the frontend, trapped
 //! by Xen and forwarded to us as ioreqs, emulated by a [`MmioDevice`] whose buffers are reached
-//! through [`GrantMemory`] (docs/transport-mmio-ioreq.md).
+//! through [`GrantMemory`] (docs/transport-mmio-ioreq.md). While a queue is enabled its ring
+//! pages are mapped (section 8 there): [`Serve::rings`] says where they are, and the loop maps
+//! and unmaps them after register writes, before it answers the write.
 //!
 //! [`Serve`] is the target-independent part (tested on the host): it answers one request of a
 //! slot - reads inside the window return the register's value, writes are applied; accesses
@@ -21,6 +23,7 @@
 use ferry_virtio::{DeviceModel, GuestMemory};
 use ferry_virtio_mmio::{MmioDevice, MmioEffect};
 
+use crate::transport::grant_memory::RingLayout;
 use crate::xen::abi::DomId;
 use crate::xen::ioreq::{mask_to_size, IoRequest};
 
@@ -187,6 +190,27 @@ impl<D: DeviceModel> Serve<D> {
         self.device.device().requests()
     }
 
+    /// Number of queues of the device.
+    pub fn queue_count(&self) -> u16 {
+        self.device.device().queue_count()
+    }
+
+    /// Where queue `index`'s rings are while the driver has the queue enabled (QueueReady
+    /// reads 1); `None` before, after it stopped the queue, and after a reset.
+    pub fn rings(&self, index: u16) -> Option<RingLayout> {
+        if !self.device.queue_enabled(index) {
+            return None;
+        }
+        let queue = self.device.device().queue(index)?;
+        let (desc, avail, used) = queue.addresses();
+        Some(RingLayout {
+            desc,
+            avail,
+            used,
+            size: queue.size(),
+        })
+    }
+
     /// Answers one request of a slot.
     pub fn access(&mut self, request: &IoRequest) -> Answer {
         self.stats.ioreqs += 1;
@@ -298,8 +322,8 @@ mod xen_calls {
 
     use super::*;
     use crate::platform::Region;
-    use crate::transport::grant_memory::GrantMemory;
-    use crate::xen::ioreq::{choose_page_frame, IoreqServer};
+    use crate::transport::grant_memory::{GrantMemory, RING_WINDOW_PAGES};
+    use crate::xen::ioreq::{choose_frames, IoreqServer};
     use crate::{irq, xen, BootInfo, Exit};
 
     /// Serves `device` (named `name` in log lines: `blk`, `rng`) to the frontend the `ioreq.*`
@@ -326,8 +350,9 @@ mod xen_calls {
         let extended: &[Region] = hypervisor.map_or(&[], |h| &h.extended_regions);
         let mut taken: Vec<Region> = boot.platform.device_regions().collect();
         taken.push(Region::new(info.grant_table_base, info.grant_table_size));
-        let frame = choose_page_frame(boot.memory, extended, &taken)
-            .ok_or("no free guest frame for the ioreq page")?;
+        // The ioreq page, then the window ring pages are mapped into.
+        let frame = choose_frames(boot.memory, extended, &taken, 1 + RING_WINDOW_PAGES as u64)
+            .ok_or("no free guest frames for the ioreq page and the ring window")?;
         let server = IoreqServer::start(config.frontend, &[(config.base, config.size)], frame)
             .map_err(|e| format!("ioreq server for d{}: {e}", config.frontend))?;
         log::info!(
@@ -346,8 +371,12 @@ mod xen_calls {
             boot.counter_frequency
         );
         irq::enable_cpu_interrupts();
-        let memory = GrantMemory::new(config.frontend);
+        // SAFETY: the frames after the ioreq page were chosen with it, in a hole of our
+        // address space, and nothing else uses them.
+        let mut memory = unsafe { GrantMemory::with_ring_window(config.frontend, frame + 1) };
         let mut serve = Serve::new(device, config);
+        let mut mapped: Vec<Option<RingLayout>> =
+            alloc::vec![None; usize::from(serve.queue_count())];
         loop {
             // Every slot is looked at before the first wait: a request posted between
             // enabling the server and binding its port raised no event for us.
@@ -356,6 +385,11 @@ mod xen_calls {
                     continue;
                 };
                 let answer = serve.access(&request);
+                if request.write {
+                    // Before answering: once a stop or reset is answered, the frontend may end
+                    // the grants of its rings, which Xen refuses while we map them.
+                    sync_rings(&serve, &mut memory, &mut mapped);
+                }
                 if let Err(error) = server.respond(vcpu, answer.data) {
                     log::error!(
                         "serve: cannot answer d{} vCPU {vcpu}: {error}",
@@ -371,14 +405,44 @@ mod xen_calls {
                 serve.log_faults();
                 if answer.reset {
                     crate::println!(
-                        "ferry: serve: {} copies={} copy_calls={}",
+                        "ferry: serve: {} copies={} copy_calls={} mapped_accesses={} \
+                         map_failures={}",
                         serve.stats().line(serve.requests()),
                         memory.copies(),
-                        memory.hypercalls()
+                        memory.hypercalls(),
+                        memory.mapped_accesses(),
+                        memory.map_failures()
                     );
                 }
             }
             server.wait();
+        }
+    }
+
+    /// Maps the rings of queues the driver enabled and unmaps those of queues it stopped (or
+    /// reset), so that `mapped` matches [`Serve::rings`] again.
+    fn sync_rings<D: DeviceModel>(
+        serve: &Serve<D>,
+        memory: &mut GrantMemory,
+        mapped: &mut [Option<RingLayout>],
+    ) {
+        for (index, current) in mapped.iter_mut().enumerate() {
+            let queue = index as u16;
+            let wanted = serve.rings(queue);
+            if wanted == *current {
+                continue;
+            }
+            if current.is_some() {
+                memory.unmap_rings(queue);
+            }
+            if let Some(layout) = &wanted {
+                memory.map_rings(queue, layout);
+                log::debug!(
+                    "serve: queue {queue}: {} ring page(s) mapped",
+                    memory.mapped_pages()
+                );
+            }
+            *current = wanted;
         }
     }
 }
@@ -517,6 +581,50 @@ mod tests {
         let _ = serve.access(&mmio(0x200_0064, 4, Some(2)));
         assert_eq!(serve.line_change(), Some(false));
         assert_eq!(serve.stats().interrupts, 1);
+    }
+
+    #[test]
+    fn rings_are_reported_while_the_queue_is_enabled() {
+        let mut serve = serve();
+        let write = |serve: &mut Serve<Rng<Counter>>, offset: u64, value: u64| {
+            let _ = serve.access(&mmio(0x200_0000 + offset, 4, Some(value)));
+        };
+        for (offset, value) in [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11)] {
+            write(&mut serve, offset, value);
+        }
+        let grant = 1u64 << 63;
+        // QueueSel 0, QueueNum 8, QueueDesc/Driver/Device (low, high halves).
+        for (offset, value) in [
+            (0x30, 0),
+            (0x38, 8),
+            (0x80, 0x8000),
+            (0x84, grant >> 32),
+            (0x90, 0x8100),
+            (0x94, grant >> 32),
+            (0xa0, 0x9000),
+            (0xa4, grant >> 32),
+        ] {
+            write(&mut serve, offset, value);
+        }
+        assert_eq!(serve.queue_count(), 1);
+        assert_eq!(serve.rings(0), None, "not enabled yet");
+        write(&mut serve, 0x44, 1);
+        let layout = RingLayout {
+            desc: grant | 0x8000,
+            avail: grant | 0x8100,
+            used: grant | 0x9000,
+            size: 8,
+        };
+        assert_eq!(serve.rings(0), Some(layout));
+        assert_eq!(serve.rings(1), None, "no such queue");
+        write(&mut serve, 0x70, 15);
+        assert_eq!(serve.rings(0), Some(layout));
+        // Stopped while running (virtio-drivers on drop): no longer in use.
+        write(&mut serve, 0x44, 0);
+        assert_eq!(serve.rings(0), None);
+        // Reset.
+        write(&mut serve, 0x70, 0);
+        assert_eq!(serve.rings(0), None);
     }
 
     #[test]

@@ -242,6 +242,10 @@ impl EvtchnStatus {
 /// A grant reference (`grant_ref_t`): an index into a domain's grant table.
 pub type GrantRefNumber = u32;
 
+/// `GNTTABOP_map_grant_ref`: map another domain's granted frame into our address space.
+pub const GNTTABOP_MAP_GRANT_REF: u64 = 0;
+/// `GNTTABOP_unmap_grant_ref`: undo a `GNTTABOP_map_grant_ref`.
+pub const GNTTABOP_UNMAP_GRANT_REF: u64 = 1;
 /// `GNTTABOP_copy`: copy between frames given by gfn or grant reference.
 pub const GNTTABOP_COPY: u64 = 5;
 /// `GNTTABOP_query_size`: current and maximum number of grant table frames.
@@ -262,6 +266,12 @@ pub const GTF_READONLY: u16 = 1 << 2;
 pub const GTF_READING: u16 = 1 << 3;
 /// `GTF_writing`: Xen sets this while the grantee has the frame mapped writable or writes it.
 pub const GTF_WRITING: u16 = 1 << 4;
+
+/// `GNTMAP_host_map`: map the frame for CPU access; on arm `host_addr` is the guest physical
+/// address (page-aligned) where Xen puts it in our stage-2 tables.
+pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+/// `GNTMAP_readonly`: map read-only.
+pub const GNTMAP_READONLY: u32 = 1 << 2;
 
 /// `GNTCOPY_source_gref`: `source.u` is a grant reference of `source.domid`, not a gfn.
 pub const GNTCOPY_SOURCE_GREF: u16 = 1 << 0;
@@ -366,6 +376,40 @@ pub struct GnttabCopy {
     pub len: u16,
     /// IN: `GNTCOPY_*`.
     pub flags: u16,
+    /// OUT: a `GNTST_*` value.
+    pub status: i16,
+}
+
+/// `struct gnttab_map_grant_ref` (32 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GnttabMapGrantRef {
+    /// IN: where to map (with `GNTMAP_host_map` on arm: a guest physical address of ours).
+    pub host_addr: u64,
+    /// IN: `GNTMAP_*`.
+    pub flags: u32,
+    /// IN: the granting domain's reference.
+    pub r#ref: GrantRefNumber,
+    /// IN: the granting domain.
+    pub dom: DomId,
+    /// OUT: a `GNTST_*` value.
+    pub status: i16,
+    /// OUT: the handle to unmap with.
+    pub handle: u32,
+    /// OUT: the bus address (unused without an IOMMU).
+    pub dev_bus_addr: u64,
+}
+
+/// `struct gnttab_unmap_grant_ref` (24 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GnttabUnmapGrantRef {
+    /// IN: the address given to the map.
+    pub host_addr: u64,
+    /// IN: the bus address (0).
+    pub dev_bus_addr: u64,
+    /// IN: the handle the map returned.
+    pub handle: u32,
     /// OUT: a `GNTST_*` value.
     pub status: i16,
 }
@@ -773,6 +817,20 @@ mod tests {
         assert_eq!(offset_of!(GnttabCopy, status), 36);
         assert_eq!(size_of::<GnttabCopy>(), 40);
         assert_eq!(align_of::<GnttabCopy>(), 8);
+
+        assert_eq!(offset_of!(GnttabMapGrantRef, host_addr), 0);
+        assert_eq!(offset_of!(GnttabMapGrantRef, flags), 8);
+        assert_eq!(offset_of!(GnttabMapGrantRef, r#ref), 12);
+        assert_eq!(offset_of!(GnttabMapGrantRef, dom), 16);
+        assert_eq!(offset_of!(GnttabMapGrantRef, status), 18);
+        assert_eq!(offset_of!(GnttabMapGrantRef, handle), 20);
+        assert_eq!(offset_of!(GnttabMapGrantRef, dev_bus_addr), 24);
+        assert_eq!(size_of::<GnttabMapGrantRef>(), 32);
+        assert_eq!(offset_of!(GnttabUnmapGrantRef, host_addr), 0);
+        assert_eq!(offset_of!(GnttabUnmapGrantRef, dev_bus_addr), 8);
+        assert_eq!(offset_of!(GnttabUnmapGrantRef, handle), 16);
+        assert_eq!(offset_of!(GnttabUnmapGrantRef, status), 20);
+        assert_eq!(size_of::<GnttabUnmapGrantRef>(), 24);
 
         assert_eq!(offset_of!(GnttabQuerySize, dom), 0);
         assert_eq!(offset_of!(GnttabQuerySize, nr_frames), 4);

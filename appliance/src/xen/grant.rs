@@ -18,6 +18,9 @@
 //!
 //! Copies (`GNTTABOP_copy`) go through a [`CopyBatch`]: one hypercall for many copies, each
 //! with its own status, mapped to a [`GrantError::Copy`] that names the copy and the status.
+//! Another domain's grants can also be mapped into a hole of our address space and unmapped
+//! again (`map_grant_refs` / `unmap_grant_refs`, `GNTTABOP_map_grant_ref` /
+//! `GNTTABOP_unmap_grant_ref`), one hypercall per batch, each entry with its own status.
 //! Local buffers are borrowed by the batch (shared for sources, exclusively for destinations),
 //! so Xen writing into them cannot race with Rust code.
 //!
@@ -537,7 +540,8 @@ mod xen_calls {
     use core::sync::atomic::{AtomicBool, Ordering};
 
     use super::super::abi::{
-        GnttabQuerySize, XenAddToPhysmap, GRANT_ENTRIES_V1_PER_FRAME, XENMAPSPACE_GRANT_TABLE,
+        GnttabMapGrantRef, GnttabQuerySize, GnttabUnmapGrantRef, XenAddToPhysmap, GNTMAP_HOST_MAP,
+        GRANT_ENTRIES_V1_PER_FRAME, XENMAPSPACE_GRANT_TABLE,
     };
     use super::super::hypercall;
     use super::*;
@@ -562,6 +566,98 @@ mod xen_calls {
             return Err(GrantError::QuerySize(argument.status));
         }
         Ok((argument.nr_frames, argument.max_nr_frames))
+    }
+
+    /// Grants mapped or unmapped per hypercall.
+    const MAP_BATCH: usize = 16;
+
+    /// Maps `domain`'s grant `reference` at our guest frame `frame` for each `(reference,
+    /// frame)` of `requests`, read-write (`GNTMAP_host_map`), with one `GNTTABOP_map_grant_ref`
+    /// per [`MAP_BATCH`] entries. `results[i]` receives the handle of request `i`, or the
+    /// `GNTST_*` status it failed with (e.g. a read-only or foreign grant): a failed entry maps
+    /// nothing. Only `min(requests.len(), results.len())` requests are made. The frames are
+    /// only in Xen's stage-2 tables: the caller maps them in ours.
+    ///
+    /// # Safety
+    ///
+    /// Every frame must be a hole of our address space (no RAM, no device, no Rust object, not
+    /// mapped by anything else), and stays owned by the mapping until
+    /// [`unmap_grant_refs`] undid it.
+    pub unsafe fn map_grant_refs(
+        domain: DomId,
+        requests: &[(u32, Gfn)],
+        results: &mut [Result<u32, i16>],
+    ) -> Result<(), GrantError> {
+        let count = requests.len().min(results.len());
+        for (requests, results) in requests[..count]
+            .chunks(MAP_BATCH)
+            .zip(results[..count].chunks_mut(MAP_BATCH))
+        {
+            let mut operations = [GnttabMapGrantRef::default(); MAP_BATCH];
+            for (operation, &(reference, frame)) in operations.iter_mut().zip(requests) {
+                *operation = GnttabMapGrantRef {
+                    host_addr: frame.0 * PAGE_SIZE as u64,
+                    flags: GNTMAP_HOST_MAP,
+                    r#ref: reference,
+                    dom: domain,
+                    status: gntst::GENERAL_ERROR,
+                    handle: 0,
+                    dev_bus_addr: 0,
+                };
+            }
+            let operations = &mut operations[..requests.len()];
+            // SAFETY: the caller gives us the frames (holes of our address space); Xen writes
+            // only the entries' OUT fields, which `operations` borrows exclusively.
+            let result = unsafe { hypercall::gnttab_map_grant_ref(operations) };
+            HypercallError::check("GNTTABOP_map_grant_ref", result)?;
+            for (result, operation) in results.iter_mut().zip(operations.iter()) {
+                *result = if operation.status == gntst::OKAY {
+                    Ok(operation.handle)
+                } else {
+                    Err(operation.status)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps grants mapped with [`map_grant_refs`]: `(frame, handle)` each, with one
+    /// `GNTTABOP_unmap_grant_ref` per [`MAP_BATCH`] entries. Returns how many Xen refused
+    /// (each is logged); those frames stay mapped and must not be reused.
+    ///
+    /// # Safety
+    ///
+    /// Nothing may access the frames any more: they become holes again.
+    pub unsafe fn unmap_grant_refs(mappings: &[(Gfn, u32)]) -> Result<usize, GrantError> {
+        let mut refused = 0;
+        for mappings in mappings.chunks(MAP_BATCH) {
+            let mut operations = [GnttabUnmapGrantRef::default(); MAP_BATCH];
+            for (operation, &(frame, handle)) in operations.iter_mut().zip(mappings) {
+                *operation = GnttabUnmapGrantRef {
+                    host_addr: frame.0 * PAGE_SIZE as u64,
+                    dev_bus_addr: 0,
+                    handle,
+                    status: gntst::GENERAL_ERROR,
+                };
+            }
+            let operations = &mut operations[..mappings.len()];
+            // SAFETY: the caller no longer accesses the frames.
+            let result = unsafe { hypercall::gnttab_unmap_grant_ref(operations) };
+            HypercallError::check("GNTTABOP_unmap_grant_ref", result)?;
+            for operation in operations.iter() {
+                if operation.status != gntst::OKAY {
+                    refused += 1;
+                    log::warn!(
+                        "GNTTABOP_unmap_grant_ref of {:#x} (handle {}) failed: {} (GNTST {})",
+                        operation.host_addr,
+                        operation.handle,
+                        gntst::message(operation.status),
+                        operation.status
+                    );
+                }
+            }
+        }
+        Ok(refused)
     }
 
     impl GrantTable {
@@ -620,7 +716,7 @@ mod xen_calls {
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use xen_calls::query_size;
+pub use xen_calls::{map_grant_refs, query_size, unmap_grant_refs};
 
 #[cfg(test)]
 mod tests {

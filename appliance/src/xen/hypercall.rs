@@ -9,10 +9,11 @@ use core::arch::asm;
 
 use super::abi::{
     hypercall_number, DmOp, DmOpBuf, DomId, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnPort,
-    EvtchnPortArg, EvtchnStatus, GnttabCopy, GnttabQuerySize, SchedPoll, SchedShutdown,
-    ShutdownReason, XenAddToPhysmap, XenMemAcquireResource, CONSOLEIO_WRITE,
-    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
-    EVTCHNOP_STATUS, EVTCHNOP_UNMASK, GNTTABOP_COPY, GNTTABOP_QUERY_SIZE, SCHEDOP_BLOCK,
+    EvtchnPortArg, EvtchnStatus, GnttabCopy, GnttabMapGrantRef, GnttabQuerySize,
+    GnttabUnmapGrantRef, SchedPoll, SchedShutdown, ShutdownReason, XenAddToPhysmap,
+    XenMemAcquireResource, CONSOLEIO_WRITE, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN,
+    EVTCHNOP_CLOSE, EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK, GNTTABOP_COPY,
+    GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE, GNTTABOP_UNMAP_GRANT_REF, SCHEDOP_BLOCK,
     SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD, XENMEM_ACQUIRE_RESOURCE, XENMEM_ADD_TO_PHYSMAP,
     XENVER_VERSION,
 };
@@ -196,6 +197,56 @@ pub unsafe fn gnttab_copy(operations: &mut [GnttabCopy]) -> i64 {
             hypercall_number::GRANT_TABLE_OP,
             [
                 GNTTABOP_COPY,
+                operations.as_mut_ptr() as u64,
+                operations.len() as u64,
+                0,
+                0,
+            ],
+        )
+    }
+}
+
+/// `GNTTABOP_map_grant_ref` with all of `operations` in one hypercall. Returns 0 when Xen went
+/// through the batch (then each entry has its own `status` and, if it succeeded, `handle`) or a
+/// negative errno.
+///
+/// # Safety
+///
+/// Every `host_addr` must be a guest frame of ours that holds no RAM and no Rust object (a hole
+/// of our address space): Xen puts the granted frame there. The caller must unmap every
+/// successful entry before the grant's owner may reuse the frame.
+pub unsafe fn gnttab_map_grant_ref(operations: &mut [GnttabMapGrantRef]) -> i64 {
+    // SAFETY: GNTTABOP_map_grant_ref reads and writes `count` `struct gnttab_map_grant_ref`,
+    // which `operations` holds, exclusively borrowed; the caller vouches for the frames.
+    unsafe {
+        hypercall5(
+            hypercall_number::GRANT_TABLE_OP,
+            [
+                GNTTABOP_MAP_GRANT_REF,
+                operations.as_mut_ptr() as u64,
+                operations.len() as u64,
+                0,
+                0,
+            ],
+        )
+    }
+}
+
+/// `GNTTABOP_unmap_grant_ref` with all of `operations` in one hypercall. Returns 0 when Xen
+/// went through the batch (then each entry has its own `status`) or a negative errno.
+///
+/// # Safety
+///
+/// Nothing may access the frames at the entries' `host_addr` after this (they become holes
+/// again; an access would fault).
+pub unsafe fn gnttab_unmap_grant_ref(operations: &mut [GnttabUnmapGrantRef]) -> i64 {
+    // SAFETY: GNTTABOP_unmap_grant_ref reads and writes `count` `struct
+    // gnttab_unmap_grant_ref`, which `operations` holds, exclusively borrowed.
+    unsafe {
+        hypercall5(
+            hypercall_number::GRANT_TABLE_OP,
+            [
+                GNTTABOP_UNMAP_GRANT_REF,
                 operations.as_mut_ptr() as u64,
                 operations.len() as u64,
                 0,

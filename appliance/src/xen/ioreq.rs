@@ -109,34 +109,58 @@ pub const fn mask_to_size(value: u64, size: u32) -> u64 {
     }
 }
 
-/// Chooses the guest frame to map the ioreq page at: the first page of an extended region
-/// (the ranges Xen advertises for foreign mappings), else the first page after a RAM bank that
-/// overlaps no RAM bank and nothing in `taken` (device regions, the grant-table region).
+/// Chooses the guest frame to map the ioreq page at: see [`choose_frames`] (one page).
 pub fn choose_page_frame(memory: &[Region], extended: &[Region], taken: &[Region]) -> Option<u64> {
+    choose_frames(memory, extended, taken, 1)
+}
+
+/// Chooses the first of `count` consecutive guest frames to map Xen or grant pages at: the
+/// first place in an extended region (the ranges Xen advertises for foreign mappings, free but
+/// for what we put there ourselves) where they fit, else right after a RAM bank; never
+/// overlapping a RAM bank or anything in `taken` (device regions, the grant-table region).
+pub fn choose_frames(
+    memory: &[Region],
+    extended: &[Region],
+    taken: &[Region],
+    count: u64,
+) -> Option<u64> {
     let page = PAGE_SIZE as u64;
-    let free = |base: u64| {
-        let candidate = Region::new(base, page);
-        base.is_multiple_of(page)
-            && base.checked_add(page).is_some()
-            && !memory.iter().any(|bank| bank.overlaps(&candidate))
-            && !taken.iter().any(|region| region.overlaps(&candidate))
+    let size = count.checked_mul(page).filter(|&size| size > 0)?;
+    // The end of the first RAM bank or taken region that `[base, base + size)` overlaps.
+    let blocked = |base: u64| {
+        let candidate = Region::new(base, size);
+        memory
+            .iter()
+            .chain(taken)
+            .find(|region| region.overlaps(&candidate))
+            .map(Region::end)
     };
-    let extended = extended
-        .iter()
-        .filter(|region| region.size >= page)
-        .map(|region| region.base.next_multiple_of(page))
-        .filter(|&base| {
-            extended
-                .iter()
-                .any(|r| r.contains(base) && r.contains(base + page - 1))
-        });
-    let after_ram = memory
-        .iter()
-        .filter_map(|bank| bank.end().checked_next_multiple_of(page));
+    // From `base` on, skip past whatever is in the way, within `limit` (exclusive end).
+    let first_fit = |mut base: u64, limit: u64| {
+        // Each step passes one region, so this ends; the bound is only a backstop.
+        for _ in 0..=memory.len() + taken.len() {
+            base = base.checked_next_multiple_of(page)?;
+            let end = base.checked_add(size)?;
+            if end > limit {
+                return None;
+            }
+            match blocked(base) {
+                None => return Some(base / page),
+                Some(next) => base = next,
+            }
+        }
+        None
+    };
     extended
-        .chain(after_ram)
-        .find(|&base| free(base))
-        .map(|base| base / page)
+        .iter()
+        .filter_map(|region| first_fit(region.base, region.end()))
+        .chain(memory.iter().filter_map(|bank| {
+            // Outside extended regions nothing says what else is there: only the place right
+            // after RAM is tried.
+            let base = bank.end().checked_next_multiple_of(page)?;
+            first_fit(base, base.checked_add(size)?)
+        }))
+        .next()
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -389,5 +413,23 @@ mod tests {
         assert_eq!(choose_page_frame(&ram, &extended, &device), Some(0x80001));
         let tiny = [Region::new(0x8000_0800, 0x1000)];
         assert_eq!(choose_page_frame(&ram, &tiny, &[]), Some(0x64000));
+    }
+
+    #[test]
+    fn several_frames_go_after_what_is_taken() {
+        let ram = [Region::new(0x6000_0000, 0x100_0000)];
+        let extended = [Region::new(0x4000_0000, 0x2000_0000)];
+        // The ioreq page took the first frame of the extended region: 16 frames follow it.
+        let ioreq = Region::new(0x4000_0000, 0x1000);
+        assert_eq!(choose_frames(&ram, &extended, &[ioreq], 16), Some(0x40001));
+        // Without extended regions: right after RAM, if that is free.
+        assert_eq!(choose_frames(&ram, &[], &[], 17), Some(0x61000));
+        let device = Region::new(0x6100_8000, 0x1000);
+        assert_eq!(choose_frames(&ram, &[], &[device], 17), None);
+        // A region too small for all of them is passed over.
+        let small = [Region::new(0x4000_0000, 0x4000)];
+        assert_eq!(choose_frames(&ram, &small, &[], 16), Some(0x61000));
+        assert_eq!(choose_frames(&ram, &small, &[], 4), Some(0x40000));
+        assert_eq!(choose_frames(&ram, &[], &[], 0), None);
     }
 }

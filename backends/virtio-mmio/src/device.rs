@@ -127,6 +127,13 @@ impl<D: DeviceModel> MmioDevice<D> {
         self.device.notify(queue, mem)
     }
 
+    /// True while queue `index` is in use: the driver enabled it (QueueReady reads 1) and has
+    /// not stopped it since. False for a queue the device does not have. A transport that keeps
+    /// per-queue resources (e.g. mapped rings) holds them exactly while this is true.
+    pub fn queue_enabled(&self, index: u16) -> bool {
+        index < self.device.queue_count() && self.queue_ready(index)
+    }
+
     /// Takes the recorded register-level errors, oldest first.
     pub fn take_errors(&mut self) -> Vec<MmioError> {
         self.errors.drain(..).collect()
@@ -993,8 +1000,12 @@ mod tests {
             m.write(Register::QueueNotify.offset(), 4, 0),
             MmioEffect::Notify(0)
         );
+        assert!(m.queue_enabled(0));
+        assert!(!m.queue_enabled(1) && !m.queue_enabled(9));
         w(&mut m, Register::QueueReady, 0);
         assert_eq!(r(&mut m, Register::QueueReady), 0, "reads back 0 (4.2.2.2)");
+        assert!(!m.queue_enabled(0), "a stopped queue is not in use");
+        assert!(m.device().queue(0).unwrap().ready());
         // The layout may be rewritten now, as virtio-drivers' queue_unset does.
         w(&mut m, Register::QueueNum, 0);
         w(&mut m, Register::QueueDescLow, 0);
@@ -1024,10 +1035,12 @@ mod tests {
             ))]
         );
         w(&mut m, Register::Status, 0);
+        assert!(!m.queue_enabled(0));
         negotiate(&mut m);
         set_queue(&mut m, 0, 8, RINGS);
         w(&mut m, Register::QueueReady, 1);
         assert_eq!(r(&mut m, Register::QueueReady), 1);
+        assert!(m.queue_enabled(0));
         driver_ok(&mut m);
         assert_eq!(
             m.write(Register::QueueNotify.offset(), 4, 0),

@@ -98,7 +98,7 @@ pub fn wait_used<H: ProbeHal>(blk: &mut Blk<H>) -> Result<u16, String> {
 
 /// Runs `requests` ((first sector, sector count <= `max_sectors`)) as `op` with up to
 /// [`DEPTH`] in flight. Before a write, `fill` fills its buffer; after a read, `check` checks
-/// it. Returns the bytes moved.
+/// it. Returns the bytes moved and the number of requests.
 fn pipeline<H: ProbeHal>(
     blk: &mut Blk<H>,
     op: Op,
@@ -106,7 +106,7 @@ fn pipeline<H: ProbeHal>(
     max_sectors: usize,
     mut fill: impl FnMut(u64, &mut [u8]),
     mut check: impl FnMut(u64, &[u8]) -> Result<(), String>,
-) -> Result<u64, String> {
+) -> Result<(u64, u64), String> {
     let mut slots: Vec<Slot> = (0..DEPTH)
         .map(|_| Slot {
             req: BlkReq::default(),
@@ -120,6 +120,7 @@ fn pipeline<H: ProbeHal>(
     let mut requests = requests.peekable();
     let mut in_flight = 0;
     let mut bytes = 0u64;
+    let mut done = 0u64;
     loop {
         // Submit while there is a free slot and room in the queue.
         while let Some(&(sector, sectors)) = requests.peek() {
@@ -166,7 +167,7 @@ fn pipeline<H: ProbeHal>(
             }
         }
         if in_flight == 0 {
-            return Ok(bytes);
+            return Ok((bytes, done));
         }
         let token = wait_used(blk)?;
         let slot = slots
@@ -197,6 +198,7 @@ fn pipeline<H: ProbeHal>(
             check(slot.sector, &slot.buf[..len])?;
         }
         bytes += len as u64;
+        done += 1;
     }
 }
 
@@ -297,9 +299,9 @@ pub fn verify<H: ProbeHal>(blk: &mut Blk<H>, mib: u64, seed: u32) -> Result<(), 
 }
 
 /// Prints a contract bench line.
-fn report(name: &str, bytes: u64, ticks: u64) {
+fn report(name: &str, bytes: u64, ticks: u64, requests: u64) {
     println!(
-        "ferry: bench: {name} bytes={bytes} ticks={ticks} freq={}",
+        "ferry: bench: {name} bytes={bytes} ticks={ticks} freq={} requests={requests}",
         time::frequency()
     );
 }
@@ -323,7 +325,7 @@ pub fn bench<H: ProbeHal>(blk: &mut Blk<H>, pattern_sectors: u64) -> Result<(), 
                  max_sectors: usize|
      -> Result<(), String> {
         let started = time::now();
-        let bytes = pipeline(
+        let (bytes, count) = pipeline(
             blk,
             op,
             requests,
@@ -331,7 +333,7 @@ pub fn bench<H: ProbeHal>(blk: &mut Blk<H>, pattern_sectors: u64) -> Result<(), 
             |sector, buf| fill_pattern(bench_seed, sector, buf),
             |_, _| Ok(()),
         )?;
-        report(name, bytes, time::now() - started);
+        report(name, bytes, time::now() - started, count);
         Ok(())
     };
     timed(
@@ -373,7 +375,12 @@ pub fn bench<H: ProbeHal>(blk: &mut Blk<H>, pattern_sectors: u64) -> Result<(), 
     let started = time::now();
     pipeline_depth_one(blk, start, count)?;
     let ticks = time::now() - started;
-    report("request-cost", COST_REQUESTS * SECTOR_SIZE as u64, ticks);
+    report(
+        "request-cost",
+        COST_REQUESTS * SECTOR_SIZE as u64,
+        ticks,
+        COST_REQUESTS,
+    );
     println!(
         "ferry: probe: request-cost: {COST_REQUESTS} requests of {SECTOR_SIZE} bytes, {} ticks \
          ({} us) each",

@@ -106,7 +106,7 @@ mod app {
                     .map_err(|error| format!("grant table: {error}"))?;
                 let entries = hal::init_grants(table, backend);
                 println!("ferry: probe: granting to d{backend}, {entries} grant entries");
-                workload::<GrantHal>(&config, &window)?;
+                workload::<GrantHal>(boot, &config, &window)?;
                 let (granted, live, in_use) = hal::grant_counts();
                 println!(
                     "ferry: probe: grants: {granted} made, {live} still granted, {in_use} found \
@@ -118,16 +118,30 @@ mod app {
                     ));
                 }
             }
-            Mode::Direct => workload::<DirectHal>(&config, &window)?,
+            Mode::Direct => workload::<DirectHal>(boot, &config, &window)?,
         }
         Ok(window)
     }
 
+    /// Prints `ferry: ready probe ticks=<since entry> freq=<hz>` (boot to a usable device).
+    fn ready(boot: &BootInfo) {
+        println!(
+            "ferry: ready probe ticks={} freq={}",
+            boot.ticks_since_entry(),
+            boot.counter_frequency
+        );
+    }
+
     /// The device's workload, then the hostile variants in order.
-    fn workload<H: ProbeHal>(config: &Config, window: &Window) -> Result<(), String> {
+    fn workload<H: ProbeHal>(
+        boot: &BootInfo,
+        config: &Config,
+        window: &Window,
+    ) -> Result<(), String> {
         match config.device {
             DeviceKind::Blk => {
                 let mut disk = blk::open::<H>(window)?;
+                ready(boot);
                 blk::verify(&mut disk, config.mib, config.seed)?;
                 if config.bench {
                     blk::bench(&mut disk, config.mib * 2048)?;
@@ -135,6 +149,7 @@ mod app {
             }
             DeviceKind::Rng => {
                 let mut device = rng::open::<H>(window)?;
+                ready(boot);
                 rng::verify(&mut device)?;
             }
         }
