@@ -64,6 +64,16 @@ pub enum Event {
         /// Counter frequency in Hz.
         frequency: u64,
     },
+    /// `ferry: up <name> ticks=<N> freq=<HZ>`: the runtime is up and able to serve (the
+    /// selftest prints it before its workload; `ready` comes after).
+    Up {
+        /// The domain.
+        domid: u32,
+        /// Counter ticks since the domain started.
+        ticks: u64,
+        /// Counter frequency in Hz.
+        frequency: u64,
+    },
     /// `ferry: serve: <device> ready for d<frontend> at <base> irq <intid>`: a device model is
     /// serving. `ticks=`/`freq=` words, when present, give its boot-to-ready figure.
     Serving {
@@ -164,6 +174,15 @@ fn domain_event(domid: u32, text: &str) -> Option<Event> {
             domid,
             reason: format!("Linux: {kernel_text}"),
         });
+    }
+    if let Some(rest) = text.strip_prefix("ferry: up ") {
+        if let Some(Ready { ticks, frequency }) = ticks_and_frequency(rest) {
+            return Some(Event::Up {
+                domid,
+                ticks,
+                frequency,
+            });
+        }
     }
     if let Some(rest) = text.strip_prefix("ferry: ready ") {
         if let Some(Ready { ticks, frequency }) = ticks_and_frequency(rest) {
@@ -292,6 +311,7 @@ pub struct Monitor {
     states: BTreeMap<u32, DomainState>,
     history: BTreeMap<Source, VecDeque<String>>,
     ready: BTreeMap<u32, Ready>,
+    up: BTreeMap<u32, Ready>,
     /// Device-model domains: they pass by serving, not by powering off.
     services: BTreeSet<u32>,
     /// Services that printed `ferry: serve: ... ready`, with their figure if the line had one.
@@ -314,6 +334,7 @@ impl Monitor {
             states,
             history: BTreeMap::new(),
             ready: BTreeMap::new(),
+            up: BTreeMap::new(),
             services: BTreeSet::new(),
             serving: BTreeMap::new(),
             outcome: None,
@@ -389,6 +410,13 @@ impl Monitor {
                     .entry(domid)
                     .or_insert(Ready { ticks, frequency });
             }
+            Event::Up {
+                domid,
+                ticks,
+                frequency,
+            } => {
+                self.up.entry(domid).or_insert(Ready { ticks, frequency });
+            }
             Event::PoweredOff(domid) => {
                 if let Some(state) = self.states.get_mut(&domid) {
                     if *state == DomainState::Running {
@@ -437,6 +465,11 @@ impl Monitor {
     /// The `ferry: ready` figures, by domain id.
     pub fn ready(&self) -> &BTreeMap<u32, Ready> {
         &self.ready
+    }
+
+    /// Boot-to-up figures (`ferry: up` lines) by domid.
+    pub fn up(&self) -> &BTreeMap<u32, Ready> {
+        &self.up
     }
 
     /// The last [`HISTORY_LINES`] lines of a source.
@@ -592,6 +625,16 @@ mod tests {
                 Some(Event::Ready {
                     domid: 1,
                     ticks: 1250,
+                    frequency: 62_500_000,
+                }),
+            ),
+            (
+                "(d2) ferry: up pong ticks=625 freq=62500000",
+                Domain(2),
+                "ferry: up pong ticks=625 freq=62500000",
+                Some(Event::Up {
+                    domid: 2,
+                    ticks: 625,
                     frequency: 62_500_000,
                 }),
             ),

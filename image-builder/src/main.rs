@@ -604,18 +604,24 @@ fn quiet_printer() -> impl FnMut(Print) {
 fn ready_table(system: &System, report: &RunReport, table: &mut Vec<String>) {
     let ready = qemu::ready_figures(system, report);
     table.push(format!(
-        "{:<12} {:>8} {:>12} {:>12} {:>12}",
-        "domain", "memory", "ticks", "freq_hz", "us"
+        "{:<12} {:>8} {:>12} {:>12} {:>12} {:>12}",
+        "domain", "memory", "ticks", "freq_hz", "ready_us", "up_us"
     ));
     for domain in &system.domains {
+        let up = report
+            .monitor
+            .up()
+            .get(&domain.domid)
+            .map_or_else(|| "-".to_owned(), |up| format!("{:.1}", up.microseconds()));
         match ready.get(&domain.name) {
             Some(figure) => table.push(format!(
-                "{:<12} {:>8} {:>12} {:>12} {:>12.1}",
+                "{:<12} {:>8} {:>12} {:>12} {:>12.1} {:>12}",
                 domain.name,
                 format_size(domain.memory),
                 figure.ticks,
                 figure.frequency,
-                figure.microseconds()
+                figure.microseconds(),
+                up
             )),
             None if report.monitor.serving().contains_key(&domain.domid) => table.push(format!(
                 "{:<12} {:>8} {:>12}",
