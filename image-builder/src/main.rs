@@ -549,13 +549,19 @@ fn linux_tables(
         if let (Some(_), Some(a_dd), Some(d_dd)) = (line.requests, appliance_dd, direct_dd) {
             let net = |line: &bench::BenchLine, dd: f64| line.microseconds_per_request() - dd;
             let (a, d) = (net(line, a_dd), net(other, d_dd));
+            // A net cost at or below zero is within the noise of the dd subtraction.
+            let ratio = if a > 0.0 && d > 0.0 {
+                format!("{:.2}", a / d)
+            } else {
+                "noise".to_owned()
+            };
             table.push(format!(
-                "{:<22} {:>9} {:>15} {:>12} {:>7.2} {:>15.1} {:>12.1}",
+                "{:<22} {:>9} {:>15} {:>12} {:>7} {:>15.1} {:>12.1}",
                 format!("  {} net", line.name.trim_start_matches("linux-")),
                 "",
                 "",
                 "",
-                a / d,
+                ratio,
                 a,
                 d
             ));
@@ -565,7 +571,7 @@ fn linux_tables(
         table.push(format!(
             "(random passes: one dd process per 4 KiB request; `net` subtracts the same dd \
              from /dev/zero to /dev/null, {a:.1} / {d:.1} us per process; ratio = appliance / \
-             direct per request)"
+             direct per request; `noise` where a net cost is not above zero)"
         ));
     }
     table.push(String::new());
