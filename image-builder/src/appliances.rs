@@ -5,7 +5,7 @@
 //! the workspace root:
 //!
 //! ```text
-//! RUSTC_BOOTSTRAP=1 cargo +debian-web build -p ferry-appliance --bins --release \
+//! RUSTC_BOOTSTRAP=1 cargo +debian-web build -p ferry-appliance --bins --profile appliance \
 //!     --target aarch64-unknown-none \
 //!     -Zbuild-std=core,alloc,compiler_builtins -Zbuild-std-features=compiler-builtins-mem \
 //!     --target-dir target/baremetal --message-format=json-render-diagnostics
@@ -84,7 +84,8 @@ impl BuildOptions {
             "-p",
             APPLIANCE_PACKAGE,
             "--bins",
-            "--release",
+            "--profile",
+            "appliance",
             "--target",
             TARGET,
             "-Zbuild-std=core,alloc,compiler_builtins",
@@ -303,7 +304,7 @@ mod tests {
         for expected in [
             "-p",
             APPLIANCE_PACKAGE,
-            "--release",
+            "appliance",
             TARGET,
             "-Zbuild-std=core,alloc,compiler_builtins",
             "-Zbuild-std-features=compiler-builtins-mem",
