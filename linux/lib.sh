@@ -65,3 +65,18 @@ virtio_dev() {
     done
     return 1
 }
+
+# cmdline_arg KEY: the value of KEY=value on the kernel command line (the last one wins);
+# returns 1 when it is not there. Dotted parameters (ferry.*) only reach /init this way.
+cmdline_arg() {
+    read -r _cmdline </proc/cmdline
+    _found=1
+    set -f
+    for _arg in $_cmdline; do
+        case $_arg in
+            "$1"=*) _value=${_arg#"$1"=} _found=0 ;;
+        esac
+    done
+    set +f
+    [ $_found -eq 0 ] && echo "$_value"
+}

@@ -137,6 +137,6 @@ fn the_build_command_writes_and_lists_the_images() {
         .find(|line| line.starts_with("selftest "))
         .unwrap_or_else(|| panic!("no line for selftest in:\n{stdout}"));
     assert!(line.contains(&format!("{bytes} bytes")), "{line}");
-    let elf = workspace_root().join("target/baremetal/aarch64-unknown-none/release/selftest");
+    let elf = workspace_root().join("target/baremetal/aarch64-unknown-none/appliance/selftest");
     check_image("selftest", &elf, &selftest);
 }

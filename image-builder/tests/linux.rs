@@ -2,7 +2,8 @@
 //!
 //! - The initramfs's disk pattern (`linux/mkinitramfs`, Python) is byte for byte
 //!   `ferry_drivers::pattern::fill_sector`, so the host can check what Linux wrote.
-//! - `linux-blk.toml` (blk + ioerror tests through the blk appliance), `linux-parallel.toml`
+//! - `linux-blk.toml` (blk + ioerror tests through the blk appliance, whose disk has a bad range:
+//!   Linux must see I/O errors there, keep running and blame nobody), `linux-parallel.toml`
 //!   (concurrent writers) and `linux-blk-direct.toml` (Linux owning the disk, no grants) pass,
 //!   and the disk image holds the pattern and zeros elsewhere; `linux-rng.toml` and
 //!   `linux-mixed.toml` (one Linux, two appliances) pass.
@@ -154,8 +155,39 @@ fn the_initramfs_pattern_is_ferry_drivers_pattern() {
     image_builder::diskcheck::check_bytes(&bytes, PATTERN_SEED, PATTERN_MIB).unwrap();
 }
 
+/// The value of `key=` in a domain's own bootargs.
+fn own_arg(system: &config::System, domain: &str, key: &str) -> Option<String> {
+    let domain = system
+        .domains
+        .iter()
+        .find(|candidate| candidate.name == domain)?;
+    domain
+        .own_bootargs
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
 #[test]
 fn linux_writes_its_pattern_through_the_blk_appliance() {
+    // The bad range, stated once per side: the blk appliance's `blk.fail=` and Linux's
+    // `ferry.fail=` (linux/tests/ioerror.sh) must agree.
+    let system = config::load_system(&board_dir().join("linux-blk.toml")).unwrap();
+    let fail = own_arg(&system, "blk", "blk.fail").expect("blk.fail= on the blk appliance");
+    assert_eq!(
+        own_arg(&system, "linux", "ferry.fail").as_deref(),
+        Some(fail.as_str()),
+        "Linux's ferry.fail= is the appliance's blk.fail="
+    );
+    let bad: ferry_drivers::BadSectors = fail.parse().unwrap();
+    let (first, last) = (bad.first(), bad.range().end - 1);
+    // Outside blk.sh's pattern (0..4 MiB) and bench area (8..16 MiB), with 4 KiB to spare on
+    // either side (ioerror.sh writes there), so check-disk still holds.
+    assert!(
+        first >= (16 << 11) + 8,
+        "bad range {bad} after the bench area"
+    );
+
     let run = blk_system_writes_the_pattern("linux-blk", &["blk", "ioerror"]);
     assert!(run.stdout.contains("ACCESS_PLATFORM"), "grant-based DMA");
     assert!(run.stdout.contains("ferry: serve: blk ready for d1"));
@@ -163,6 +195,51 @@ fn linux_writes_its_pattern_through_the_blk_appliance() {
     assert!(run
         .stdout
         .contains("ferry-linux: ioerror: write past the end: refused"));
+
+    // The appliance injects the errors ...
+    assert!(run.stdout.contains(&format!(
+        "ferry: blk: injecting I/O errors at sectors {bad} (reads and writes)"
+    )));
+    // ... Linux sees them as I/O errors at those sectors (O_DIRECT reads and writes, a
+    // request that only ends in the range, a buffered read) and carries on ...
+    for line in [
+        format!("I/O error, dev vda, sector {first} op 0x0:(READ)"),
+        format!("I/O error, dev vda, sector {last} op 0x1:(WRITE)"),
+        format!("I/O error, dev vda, sector {} op 0x0:(READ)", first - 7),
+        format!("Buffer I/O error on dev vda, logical block {}", first / 8),
+        format!(
+            "ferry-linux: ioerror: O_DIRECT read of sectors {first}..{}: I/O error \
+             (dd: /dev/vda: Input/output error)",
+            first + 8
+        ),
+        format!(
+            "ferry-linux: ioerror: O_DIRECT write of sectors {last}..{}: I/O error \
+             (dd: error writing '/dev/vda': Input/output error)",
+            last + 8
+        ),
+        format!("ferry-linux: ioerror: buffered read of sector {first}: I/O error"),
+        "ferry-linux: ioerror: normal I/O after the device errors: ok".to_owned(),
+    ] {
+        assert!(run.stdout.contains(&line), "no `{line}`");
+    }
+    // ... and the appliance blames the physical device for each failed request, and nobody
+    // for anything else (Linux never sent it anything malformed).
+    let warnings: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("blk ") && line.contains("ferry: [warn] serve: "))
+        .collect();
+    assert!(
+        warnings.len() >= 4,
+        "one fault per failed request (3 O_DIRECT + the buffered read's): {warnings:#?}"
+    );
+    for warning in &warnings {
+        assert!(
+            warning.contains("ferry: [warn] serve: PhysicalDevice: Request { queue: 0, head: ")
+                && warning.ends_with(", error: Device(Io) }"),
+            "{warning}"
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,8 @@
 //! - The IOREQ systems (they need the `probe`, `blk` and `rng` appliances): `blk-demo.toml`
 //!   passes and the disk image holds the probe's pattern at exactly the sectors it wrote, and
 //!   zeros everywhere else; `rng-demo.toml` passes and the probe reports its entropy check;
-//!   `blk-hostile.toml` passes and the probe reports every hostile action refused.
+//!   `blk-hostile.toml` passes and the probe reports every hostile action refused; a malformed
+//!   `blk.fail=` (the blk appliance's fault injection) fails the blk domain's boot, naming it.
 //!
 //! The images are built once (the real bare-metal build), then every run uses `--no-build`.
 //! Runs are serialized: QEMU runs on two host cores and the runs time themselves.
@@ -381,4 +382,40 @@ fn blk_hostile_frontend_is_refused_and_the_backend_keeps_serving() {
     }
     assert!(run.stdout.contains("ferry: probe: blk: verified"));
     assert!(run.stderr.contains("PASS: blk-hostile"));
+}
+
+#[test]
+fn a_bad_blk_fail_bootarg_fails_the_blk_appliances_boot() {
+    // blk-demo with a fault-injection bootarg the blk appliance must refuse: malformed (before
+    // the disk is touched), then a range past the end of the 64 MiB disk (131072 sectors).
+    // Its own disk image: blk-demo's test checks the one of its own copy after its run.
+    let copy = isolated_copy("blk-demo");
+    let text = fs::read_to_string(&copy)
+        .unwrap()
+        .replace("disks/blk-demo.img", "disks/blk-fail-bad.img");
+    let path = copy.with_file_name("blk-fail-bad.toml");
+    for (value, why) in [
+        (
+            "4096+",
+            "expected <first sector>+<count>, two decimal numbers",
+        ),
+        ("131071+2", "the range ends past the disk's end"),
+    ] {
+        let with_arg = text.replace(
+            "passthrough = [\"disk0\"]",
+            &format!("passthrough = [\"disk0\"]\nbootargs = \"blk.fail={value}\""),
+        );
+        assert_ne!(with_arg, text);
+        fs::write(&path, with_arg).unwrap();
+        let run = run(&path, &[]);
+        assert!(!run.success, "blk.fail={value} was accepted");
+        assert!(
+            run.stdout.contains(&format!(
+                "blk   | ferry: boot error: bootarg blk.fail={value}: {why}"
+            )),
+            "the boot error names the bootarg"
+        );
+        assert!(run.stdout.contains("blk   | ferry: shutdown: crash"));
+        assert!(!run.stdout.contains("ferry: serve: blk ready"));
+    }
 }

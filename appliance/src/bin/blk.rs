@@ -5,6 +5,12 @@
 //! be direct-mapped); the frontend and its window come from the bootargs `ioreq.frontend`,
 //! `ioreq.base`, `ioreq.size` and `ioreq.irq`. It never returns while serving; it fails (crash
 //! shutdown) if the device or the ioreq server cannot be set up.
+//!
+//! Fault injection: `blk.fail=<first sector>+<count>` (decimal) makes the physical disk "have a
+//! bad range": reads and writes touching those sectors fail with an I/O error
+//! (`ferry_drivers::FaultyDisk`), which the frontend sees as VIRTIO_BLK_S_IOERR and the serve
+//! loop logs as a `PhysicalDevice` fault. A malformed value, or a range not on the disk, is a
+//! boot error (`ferry: boot error: bootarg blk.fail=<value>: <why>`, crash shutdown).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -16,11 +22,23 @@ fn blk(boot: &ferry_appliance::BootInfo) -> ferry_appliance::Exit {
     use ferry_appliance::transport::mmio_ioreq;
     use ferry_appliance::{println, Exit};
     use ferry_backend_blk::Blk;
-    use ferry_drivers::BlockDevice;
+    use ferry_drivers::{BadSectors, BadSectorsError, BlockDevice, FailOn, FaultyDisk};
     use ferry_drivers_virtio::VirtioDisk;
     use ferry_virtio::features::VIRTIO_F_ACCESS_PLATFORM;
     use ferry_virtio_mmio::MmioDevice;
 
+    let bad_bootarg = |value: &str, error: BadSectorsError| {
+        println!("ferry: boot error: bootarg blk.fail={value}: {error}");
+        Exit::Failure
+    };
+    // Checked before the device is touched; whether the range fits is known only after.
+    let bad = match boot.arg("blk.fail") {
+        None => None,
+        Some(value) => match value.parse::<BadSectors>() {
+            Ok(bad) => Some((value, bad)),
+            Err(error) => return bad_bootarg(value, error),
+        },
+    };
     let (transport, window) = match passthrough_virtio_mmio(boot.platform) {
         Ok(device) => device,
         Err(error) => {
@@ -40,6 +58,20 @@ fn blk(boot: &ferry_appliance::BootInfo) -> ferry_appliance::Exit {
         disk.capacity_sectors(),
         if disk.read_only() { ", read-only" } else { "" }
     );
+    // Always wrapped (healthy without blk.fail): one disk type, one copy of the serve loop.
+    let mut disk = FaultyDisk::new(disk);
+    if let Some((value, bad)) = bad {
+        if let Err(error) = bad.check_fits(disk.capacity_sectors()) {
+            // The domain is about to crash; skipping the disk's drop glue keeps it out of the
+            // image (a few hundred bytes).
+            core::mem::forget(disk);
+            return bad_bootarg(value, error);
+        }
+        // Not through the logger: an injected fault must show whatever the loglevel.
+        let (first, end) = (bad.first(), bad.range().end);
+        println!("ferry: blk: injecting I/O errors at sectors {first}..{end} (reads and writes)");
+        disk = disk.failing(bad, FailOn::ReadsAndWrites);
+    }
     let device = MmioDevice::new(Blk::new(disk), VIRTIO_F_ACCESS_PLATFORM);
     mmio_ioreq::run(boot, "blk", device)
 }

@@ -3,7 +3,8 @@
 //! Each appliance owns exactly one physical device. The backends (virtio device models) never see
 //! the hardware: they see one of the traits below. Hardware drivers (virtio-mmio through the
 //! `virtio-drivers` crate, PL011, CPU RNDR, ...) implement them in the appliance; host tests use the
-//! safe software implementations in this crate ([`RamDisk`]) or their own fakes.
+//! safe software implementations in this crate ([`RamDisk`]) or their own fakes. [`FaultyDisk`]
+//! wraps any block device to inject I/O errors on a range of sectors (a disk with a bad range).
 //!
 //! This crate must never touch hardware or contain `unsafe`.
 #![no_std]
@@ -13,10 +14,12 @@ extern crate alloc;
 
 mod block;
 mod entropy;
+mod faulty;
 pub mod pattern;
 
 pub use block::{BlockDevice, RamDisk, SECTOR_SIZE};
 pub use entropy::EntropySource;
+pub use faulty::{BadSectors, BadSectorsError, FailOn, FaultyDisk};
 
 /// A failure of the physical device (not of the frontend, not of our configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
