@@ -267,6 +267,18 @@ pub fn device_tree_size(header: &[u8; 8]) -> Option<usize> {
     Some(u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
 }
 
+/// Sorts a short list (a few memory banks, ring pages) by `key` with an insertion sort: the
+/// library sorts cost kilobytes of image per element type, these lists have a handful of items.
+pub fn sort_small_by_key<T, K: Ord>(items: &mut [T], key: impl Fn(&T) -> K) {
+    for i in 1..items.len() {
+        let mut j = i;
+        while j > 0 && key(&items[j - 1]) > key(&items[j]) {
+            items.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+}
+
 /// Looks `key` up in a bootargs string: `key=value` gives `value`, a bare `key` gives `""`.
 ///
 /// Arguments are separated by whitespace; when a key appears more than once the last one wins.
@@ -486,7 +498,7 @@ impl<'a> Platform<'a> {
         if memory.is_empty() {
             return Err(error("no memory node", "", "memory", Some("reg")));
         }
-        memory.sort_unstable_by_key(|bank| bank.base);
+        sort_small_by_key(&mut memory, |bank| bank.base);
         if memory.windows(2).any(|pair| pair[0].overlaps(&pair[1])) {
             return Err(error("memory banks overlap", "", "memory", Some("reg")));
         }
@@ -870,10 +882,22 @@ impl<'a> Platform<'a> {
             }
             free = next;
         }
-        free.sort_unstable_by_key(|region| region.base);
+        sort_small_by_key(&mut free, |region| region.base);
         free
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sort_tests {
+    #[test]
+    fn sort_small_by_key_sorts() {
+        let mut v = [5u32, 1, 4, 1, 3, 9, 0];
+        super::sort_small_by_key(&mut v, |x| *x);
+        assert_eq!(v, [0, 1, 1, 3, 4, 5, 9]);
+        let mut empty: [u8; 0] = [];
+        super::sort_small_by_key(&mut empty, |x| *x);
+    }
+}

@@ -132,7 +132,7 @@ impl RingLayout {
                 }
             }
         }
-        refs.sort_unstable();
+        crate::platform::sort_small_by_key(&mut refs, |gref| *gref);
         refs
     }
 }
