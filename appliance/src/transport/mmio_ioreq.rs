@@ -568,8 +568,9 @@ mod tests {
     fn the_line_follows_interrupt_status_and_ack() {
         let mut serve = serve();
         assert_eq!(serve.line_change(), None);
-        // Bring the device up: ACKNOWLEDGE | DRIVER, VERSION_1, FEATURES_OK, DRIVER_OK.
-        for (offset, value) in [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11), (0x70, 15)] {
+        // Bring the device up: ACKNOWLEDGE | DRIVER, VERSION_1 | ACCESS_PLATFORM (required),
+        // FEATURES_OK, DRIVER_OK.
+        for (offset, value) in [(0x70, 3), (0x24, 1), (0x20, 3), (0x70, 11), (0x70, 15)] {
             let _ = serve.access(&mmio(0x200_0000 + offset, 4, Some(value)));
         }
         assert_eq!(serve.access(&mmio(0x200_0070, 4, None)).data, 15);
@@ -589,7 +590,7 @@ mod tests {
         let write = |serve: &mut Serve<Rng<Counter>>, offset: u64, value: u64| {
             let _ = serve.access(&mmio(0x200_0000 + offset, 4, Some(value)));
         };
-        for (offset, value) in [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11)] {
+        for (offset, value) in [(0x70, 3), (0x24, 1), (0x20, 3), (0x70, 11)] {
             write(&mut serve, offset, value);
         }
         let grant = 1u64 << 63;

@@ -2,8 +2,9 @@
 //!
 //! [`Device`] is what a transport talks to. It wraps one [`DeviceModel`] (rng, blk, ...) and
 //! enforces the order of initialisation: features may change only before FEATURES_OK, FEATURES_OK
-//! is refused if the driver asked for a feature we did not offer or left out VERSION_1, queues run
-//! only after DRIVER_OK, status bits are cleared only by a reset (writing 0). Anything the driver
+//! is refused if the driver asked for a feature we did not offer, left out VERSION_1 or left out a
+//! feature the transport requires (ACCESS_PLATFORM for grant-based transports), queues run only
+//! after DRIVER_OK, status bits are cleared only by a reset (writing 0). Anything the driver
 //! gets wrong is recorded as a [`Fault`] (readable by the appliance for logs and by tests) and never
 //! panics. A fatal queue error sets DEVICE_NEEDS_RESET and raises a configuration interrupt.
 
@@ -107,6 +108,13 @@ pub enum LifecycleError {
     },
     /// FEATURES_OK refused: the driver did not accept VIRTIO_F_VERSION_1 (we are not legacy).
     LegacyDriver,
+    /// FEATURES_OK refused: the driver did not accept features the transport requires (e.g.
+    /// VIRTIO_F_ACCESS_PLATFORM on a grant-based transport: without it the driver would put
+    /// guest-physical addresses in the rings, which the device cannot reach; spec 6.1).
+    RequiredFeatureMissing {
+        /// The required features the driver did not accept.
+        missing: u64,
+    },
     /// The driver wrote features after FEATURES_OK.
     FeaturesAfterFeaturesOk,
     /// The driver set DRIVER_OK without FEATURES_OK.
@@ -173,6 +181,7 @@ pub struct Device<D: DeviceModel> {
     model: D,
     status: u8,
     offered: u64,
+    required: u64,
     driver_features: u64,
     high_features: bool,
     queues: Vec<Queue>,
@@ -185,7 +194,14 @@ pub struct Device<D: DeviceModel> {
 
 impl<D: DeviceModel> Device<D> {
     /// A device offering the model's features plus VERSION_1, INDIRECT_DESC and EVENT_IDX, and
-    /// `transport_features` (e.g. ACCESS_PLATFORM for grant-based transports).
+    /// `transport_features`.
+    ///
+    /// `transport_features` are features the transport *requires*, not merely offers: FEATURES_OK
+    /// is refused ([`LifecycleError::RequiredFeatureMissing`]) unless the driver accepts all of
+    /// them. A grant-based transport passes VIRTIO_F_ACCESS_PLATFORM: the device reaches only
+    /// memory the frontend granted, so a driver that does not accept it (and would put
+    /// guest-physical addresses in the rings) could never be served (spec 6.1 lets the device
+    /// fail then). Pass 0 for a transport that reaches guest memory directly.
     pub fn new(model: D, transport_features: u64) -> Self {
         let offered = model.features()
             | VIRTIO_F_VERSION_1
@@ -199,6 +215,7 @@ impl<D: DeviceModel> Device<D> {
             model,
             status: 0,
             offered,
+            required: transport_features,
             driver_features: 0,
             high_features: false,
             queues,
@@ -225,6 +242,10 @@ impl<D: DeviceModel> Device<D> {
     /// Features the device offers.
     pub fn device_features(&self) -> u64 {
         self.offered
+    }
+    /// Features the driver must accept for FEATURES_OK (the transport's, see [`Device::new`]).
+    pub fn required_features(&self) -> u64 {
+        self.required
     }
     /// Features the driver has written so far.
     pub fn driver_features(&self) -> u64 {
@@ -355,6 +376,11 @@ impl<D: DeviceModel> Device<D> {
         }
         if requested & VIRTIO_F_VERSION_1 == 0 {
             self.lifecycle(LifecycleError::LegacyDriver);
+            return false;
+        }
+        let missing = self.required & !requested;
+        if missing != 0 {
+            self.lifecycle(LifecycleError::RequiredFeatureMissing { missing });
             return false;
         }
         for q in &mut self.queues {

@@ -67,7 +67,8 @@ pub struct MmioDevice<D: DeviceModel> {
 impl<D: DeviceModel> MmioDevice<D> {
     /// A device for `model`, offering its features plus the core's (see [`Device::new`]) plus
     /// `transport_features` (VIRTIO_F_ACCESS_PLATFORM when the frontend passes grant addresses,
-    /// docs/transport-mmio-ioreq.md section 6).
+    /// docs/transport-mmio-ioreq.md section 6). The driver must accept every transport feature:
+    /// FEATURES_OK is refused otherwise (`LifecycleError::RequiredFeatureMissing`).
     pub fn new(model: D, transport_features: u64) -> Self {
         let device = Device::new(model, transport_features);
         let queues = (0..device.queue_count())
@@ -829,6 +830,46 @@ mod tests {
             m.take_device_faults()[..],
             [Fault::Lifecycle(LifecycleError::FeaturesNotOffered { .. })]
         ));
+    }
+
+    #[test]
+    fn transport_features_are_required() {
+        // VERSION_1 alone (what `negotiate` writes) leaves ACCESS_PLATFORM out: refused.
+        let mut m = mmio(VIRTIO_F_ACCESS_PLATFORM);
+        w(
+            &mut m,
+            Register::Status,
+            u32::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER),
+        );
+        w(&mut m, Register::DriverFeaturesSel, 1);
+        w(&mut m, Register::DriverFeatures, 0b01);
+        w(
+            &mut m,
+            Register::Status,
+            u32::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK),
+        );
+        assert_eq!(
+            r(&mut m, Register::Status),
+            u32::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER)
+        );
+        assert_eq!(
+            m.take_device_faults(),
+            [Fault::Lifecycle(LifecycleError::RequiredFeatureMissing {
+                missing: VIRTIO_F_ACCESS_PLATFORM
+            })]
+        );
+        // Accepting it as well: FEATURES_OK sticks.
+        w(&mut m, Register::DriverFeatures, 0b11);
+        w(
+            &mut m,
+            Register::Status,
+            u32::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK),
+        );
+        assert_eq!(
+            r(&mut m, Register::Status),
+            u32::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)
+        );
+        assert!(m.take_device_faults().is_empty() && m.take_errors().is_empty());
     }
 
     #[test]

@@ -523,8 +523,45 @@ fn feature_negotiation_refuses_what_we_did_not_offer() {
         ]
     );
     // Transport features are offered when the transport asks (grant-based transports).
-    let granted = Device::new(Blk::new(RamDisk::new(8)), VIRTIO_F_ACCESS_PLATFORM);
+    let mut granted = Device::new(Blk::new(RamDisk::new(8)), VIRTIO_F_ACCESS_PLATFORM);
     assert_ne!(granted.device_features() & VIRTIO_F_ACCESS_PLATFORM, 0);
+    assert_eq!(granted.required_features(), VIRTIO_F_ACCESS_PLATFORM);
+    // ... and required: a driver that does not accept ACCESS_PLATFORM would put guest-physical
+    // addresses in the rings, which a grant-based device cannot reach (spec 6.1).
+    granted.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    granted.set_driver_features(VIRTIO_F_VERSION_1 | ferry_backend_blk::FEATURE_FLUSH);
+    granted.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    assert_eq!(granted.status(), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    assert_eq!(granted.negotiated_features(), 0);
+    let faults = granted.take_faults();
+    assert_eq!(
+        faults,
+        [Fault::Lifecycle(LifecycleError::RequiredFeatureMissing {
+            missing: VIRTIO_F_ACCESS_PLATFORM
+        })]
+    );
+    assert_eq!(faults[0].blame(), ferry_virtio::Blame::Frontend);
+    granted.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    assert_eq!(granted.status(), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    assert_eq!(
+        granted.take_faults(),
+        [
+            Fault::Lifecycle(LifecycleError::RequiredFeatureMissing {
+                missing: VIRTIO_F_ACCESS_PLATFORM
+            }),
+            Fault::Lifecycle(LifecycleError::DriverOkWithoutFeaturesOk)
+        ]
+    );
+    // Accepting it (as Linux does) negotiates.
+    granted.set_driver_features(
+        VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM | ferry_backend_blk::FEATURE_FLUSH,
+    );
+    granted.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    assert_eq!(
+        granted.negotiated_features(),
+        VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM | ferry_backend_blk::FEATURE_FLUSH
+    );
+    assert!(granted.take_faults().is_empty());
 }
 
 #[test]

@@ -7,6 +7,10 @@
 //! `MmioDevice::read` / `MmioDevice::write` instead of a volatile load or store. Register
 //! offsets are written out from the spec's table (4.2.2) here, not taken from the crate under
 //! test. Frontend memory is the harness' `HostMemory` (only what `TestHal` allocated or shared).
+//!
+//! virtio-drivers never accepts VIRTIO_F_ACCESS_PLATFORM, which a grant-based transport requires,
+//! so against such a device the transport can also behave like Linux's virtio core
+//! ([`MmioRegisterTransport::accept_access_platform`]).
 
 use std::cell::{Cell, RefCell};
 use std::mem::{align_of, size_of};
@@ -17,7 +21,7 @@ use ferry_backend_rng::Rng;
 use ferry_conformance::{pattern, HostMemory, RecordingSource, TestHal};
 use ferry_drivers::{RamDisk, SECTOR_SIZE};
 use ferry_virtio::features::*;
-use ferry_virtio::DeviceModel;
+use ferry_virtio::{DeviceModel, Fault, LifecycleError};
 use ferry_virtio_mmio::{MmioDevice, MmioEffect};
 use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE as VD_SECTOR};
 use virtio_drivers::device::rng::VirtIORng;
@@ -70,6 +74,10 @@ struct MmioRegisterTransport<D: DeviceModel> {
     /// Notifications after which the device asked for an interrupt.
     interrupts: Rc<Cell<u64>>,
     trace: Rc<RefCell<Vec<Access>>>,
+    /// Keep ACCESS_PLATFORM in the driver features when the device offers it (as Linux does).
+    access_platform: bool,
+    /// The device features last read.
+    offered: u64,
 }
 
 impl<D: DeviceModel> MmioRegisterTransport<D> {
@@ -81,6 +89,8 @@ impl<D: DeviceModel> MmioRegisterTransport<D> {
             device_type: DeviceType::Block,
             interrupts: Rc::default(),
             trace: Rc::default(),
+            access_platform: false,
+            offered: 0,
         };
         let magic = transport.read32(MAGIC_VALUE);
         if magic != 0x7472_6976 {
@@ -95,6 +105,14 @@ impl<D: DeviceModel> MmioRegisterTransport<D> {
             return Err(format!("version {version}"));
         }
         Ok((transport, mmio))
+    }
+
+    /// From now on accept VIRTIO_F_ACCESS_PLATFORM whenever the device offers it, whatever the
+    /// virtio-drivers device driver asks for: Linux's virtio core does the same
+    /// (`vring_transport_features` keeps the bit), and a grant-based device requires it.
+    fn accept_access_platform(mut self) -> Self {
+        self.access_platform = true;
+        self
     }
 
     fn read(&self, offset: u64, size: u8) -> u32 {
@@ -162,10 +180,16 @@ impl<D: DeviceModel> Transport for MmioRegisterTransport<D> {
         self.write32(DEVICE_FEATURES_SEL, 0);
         let low = u64::from(self.read32(DEVICE_FEATURES));
         self.write32(DEVICE_FEATURES_SEL, 1);
-        low + (u64::from(self.read32(DEVICE_FEATURES)) << 32)
+        self.offered = low + (u64::from(self.read32(DEVICE_FEATURES)) << 32);
+        self.offered
     }
 
     fn write_driver_features(&mut self, driver_features: u64) {
+        let driver_features = if self.access_platform {
+            driver_features | (self.offered & VIRTIO_F_ACCESS_PLATFORM)
+        } else {
+            driver_features
+        };
         self.write32(DRIVER_FEATURES_SEL, 0);
         self.write32(DRIVER_FEATURES, driver_features as u32);
         self.write32(DRIVER_FEATURES_SEL, 1);
@@ -329,14 +353,49 @@ fn identity_registers_read_like_a_virtio_mmio_device() {
 }
 
 #[test]
+fn virtio_drivers_without_access_platform_is_refused() {
+    // Required as for a grant-DMA frontend; virtio-drivers' own sequence does not accept it, so
+    // FEATURES_OK and then DRIVER_OK do not stick. virtio-drivers does not read the status back
+    // (spec 3.1.1 step 6), so `new` succeeds; a request would never complete.
+    let mmio = MmioDevice::new(Rng::new(RecordingSource::new(1)), VIRTIO_F_ACCESS_PLATFORM);
+    let (transport, handle) = MmioRegisterTransport::new(mmio).expect("probe");
+    let rng = VirtIORng::<TestHal, _>::new(transport).expect("virtio-drivers does not look");
+    {
+        let mut mmio = handle.borrow_mut();
+        assert_eq!(
+            mmio.read(STATUS, 4),
+            u32::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER),
+            "neither FEATURES_OK nor DRIVER_OK"
+        );
+        assert_eq!(mmio.device().negotiated_features(), 0);
+        let missing = LifecycleError::RequiredFeatureMissing {
+            missing: VIRTIO_F_ACCESS_PLATFORM,
+        };
+        // Once at FEATURES_OK, once more at DRIVER_OK (which carries FEATURES_OK again).
+        assert_eq!(
+            mmio.take_device_faults(),
+            [
+                Fault::Lifecycle(missing),
+                Fault::Lifecycle(missing),
+                Fault::Lifecycle(LifecycleError::DriverOkWithoutFeaturesOk)
+            ]
+        );
+        assert!(mmio.take_errors().is_empty());
+    }
+    drop(rng);
+    assert_eq!(handle.borrow().device().status(), 0);
+    assert_clean(&handle);
+}
+
+#[test]
 fn virtio_drivers_rng_over_mmio_registers() {
-    // Offered as for a grant-DMA frontend; virtio-drivers' rng does not accept it, and the
-    // device serves it all the same.
+    // Required as for a grant-DMA frontend; the transport accepts it the way Linux does.
     let mmio = MmioDevice::new(
         Rng::new(RecordingSource::new(0x1234_5678)),
         VIRTIO_F_ACCESS_PLATFORM,
     );
     let (transport, handle) = MmioRegisterTransport::new(mmio).expect("probe");
+    let transport = transport.accept_access_platform();
     let trace = transport.trace.clone();
     let interrupts = transport.interrupts.clone();
     let mut rng = VirtIORng::<TestHal, _>::new(transport).expect("virtio-drivers accepts our rng");
@@ -347,7 +406,7 @@ fn virtio_drivers_rng_over_mmio_registers() {
     );
     assert_eq!(
         handle.borrow().device().negotiated_features(),
-        VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX
+        VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX
     );
     assert_eq!(
         handle.borrow().device().status(),

@@ -19,16 +19,16 @@ use ferry_appliance::xen::sched;
 use ferry_appliance::{println, time};
 use ferry_drivers::pattern::{fill_sector, first_mismatch};
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::Error;
 
 use crate::hal::ProbeHal;
+use crate::transport::{check_running, ProbeTransport};
 
 use crate::plan::Lcg;
 use crate::window::Window;
 
 /// A blk driver on the probe's window.
-pub type Blk<H> = VirtIOBlk<H, MmioTransport<'static>>;
+pub type Blk<H> = VirtIOBlk<H, ProbeTransport>;
 
 /// Requests in flight in the throughput passes.
 const DEPTH: usize = 4;
@@ -50,7 +50,9 @@ const REQUEST_TIMEOUT_SECONDS: u64 = 20;
 /// Opens the blk device in the window with virtio-drivers (reset, negotiate, one queue).
 pub fn open<H: ProbeHal>(window: &Window) -> Result<Blk<H>, String> {
     let transport = window.transport()?;
-    VirtIOBlk::new(transport).map_err(|error| format!("blk init: {error}"))
+    let blk = VirtIOBlk::new(transport).map_err(|error| format!("blk init: {error}"))?;
+    check_running(window).map_err(|error| format!("blk init: {error}"))?;
+    Ok(blk)
 }
 
 /// Read or write.

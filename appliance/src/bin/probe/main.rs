@@ -18,8 +18,12 @@
 //!    failure prints `ferry: probe failed: <what>` and crashes.
 //!
 //! virtio-drivers 0.13 negotiates a fixed feature set per device that does not include
-//! VIRTIO_F_ACCESS_PLATFORM, so unlike Linux the probe's virtio-drivers path does not accept it
-//! (it still checks, in grant mode, that the device offers it); the by-hand queue accepts it.
+//! VIRTIO_F_ACCESS_PLATFORM, which a grant-based backend requires (it refuses FEATURES_OK
+//! without it). So the probe wraps virtio-drivers' `MmioTransport` in `transport::ProbeTransport`,
+//! which accepts it whenever the device offers it, as Linux does, and checks after each driver's
+//! init that the device took FEATURES_OK and DRIVER_OK; the first negotiation is printed
+//! (`ferry: probe: negotiated features <hex>`). Grant mode also checks that the device offers
+//! it; QEMU's device in direct mode does not. The by-hand queue (`rawq`) accepts it too.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 extern crate alloc;
@@ -40,6 +44,8 @@ mod hostile;
 mod rawq;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod rng;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod transport;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod window;
 

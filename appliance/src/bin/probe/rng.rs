@@ -7,14 +7,14 @@ use alloc::vec;
 
 use ferry_appliance::println;
 use virtio_drivers::device::rng::VirtIORng;
-use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::Hal;
 
 use crate::plan::check_entropy;
+use crate::transport::{check_running, ProbeTransport};
 use crate::window::Window;
 
 /// An rng driver on the probe's window.
-pub type Rng<H> = VirtIORng<H, MmioTransport<'static>>;
+pub type Rng<H> = VirtIORng<H, ProbeTransport>;
 
 /// Bytes the workload reads.
 const BYTES: usize = 64 * 1024;
@@ -26,7 +26,9 @@ const MAX_EMPTY: usize = 1000;
 /// Opens the rng device in the window with virtio-drivers.
 pub fn open<H: Hal>(window: &Window) -> Result<Rng<H>, String> {
     let transport = window.transport()?;
-    VirtIORng::new(transport).map_err(|error| format!("rng init: {error}"))
+    let rng = VirtIORng::new(transport).map_err(|error| format!("rng init: {error}"))?;
+    check_running(window).map_err(|error| format!("rng init: {error}"))?;
+    Ok(rng)
 }
 
 /// Fills `buf` from the device; returns the number of requests it took.

@@ -1,6 +1,6 @@
 //! The virtio-mmio register window the probe drives: found in the device tree, mapped, and
-//! reached either through virtio-drivers' `MmioTransport` or by single 32-bit register accesses
-//! (for the hostile tests and the device reset at the end).
+//! reached either through virtio-drivers' `MmioTransport` (wrapped in our `ProbeTransport`) or by
+//! single 32-bit register accesses (for the hostile tests and the device reset at the end).
 //!
 //! Register offsets are virtio 1.2 section 4.2.2 (MMIO device register layout, version 2).
 
@@ -11,6 +11,8 @@ use core::ptr::NonNull;
 use ferry_appliance::platform::Region;
 use ferry_appliance::{mmu, BootInfo};
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+
+use crate::transport::ProbeTransport;
 
 /// `MagicValue`.
 pub const MAGIC_VALUE: usize = 0x000;
@@ -163,13 +165,14 @@ impl Window {
         ))
     }
 
-    /// A virtio-drivers transport over the window.
-    pub fn transport(&self) -> Result<MmioTransport<'static>, String> {
+    /// A virtio-drivers transport over the window (accepting ACCESS_PLATFORM when offered).
+    pub fn transport(&self) -> Result<ProbeTransport, String> {
         let header = NonNull::new(self.base as *mut VirtIOHeader).ok_or("window at address 0")?;
         // SAFETY: `find` mapped the window as device memory for the rest of the program and
         // checked the virtio-mmio header (magic, version 2) at its start; windows are 0x200-aligned,
         // enough for `VirtIOHeader` (u32 fields), and `size` covers the config space after it.
-        unsafe { MmioTransport::new(header, self.size) }
-            .map_err(|error| format!("virtio-mmio transport: {error}"))
+        let inner = unsafe { MmioTransport::new(header, self.size) }
+            .map_err(|error| format!("virtio-mmio transport: {error}"))?;
+        Ok(ProbeTransport::new(inner))
     }
 }
