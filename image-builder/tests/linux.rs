@@ -12,91 +12,16 @@
 //! images are built once; runs are serialized (QEMU uses both host cores).
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::path::Path;
+use std::process::Command;
 
+mod common;
+use common::{board_dir, isolated_copy, run, workspace_root, Run};
 use image_builder::config;
 
 /// linux/mkinitramfs's PATTERN_SEED and PATTERN_MIB (linux/tests/*.sh print them).
 const PATTERN_SEED: u32 = 20251127;
 const PATTERN_MIB: u64 = 4;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("image-builder is inside the workspace")
-        .to_owned()
-}
-
-fn board_dir() -> PathBuf {
-    workspace_root().join("boards").join("qemu-virt-arm64")
-}
-
-/// Builds the images once; holds the lock that serializes runs.
-fn images() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    BUILT.get_or_init(|| {
-        let output = Command::new(env!("CARGO_BIN_EXE_image-builder"))
-            .arg("build")
-            .current_dir(workspace_root())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "image-builder build failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
-    guard
-}
-
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(system: &Path) -> Run {
-    let _lock = images();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_image-builder"))
-        .arg("run")
-        .arg(system)
-        .arg("--no-build")
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
-    let run = Run {
-        success: status.success(),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    };
-    eprintln!("{}\n{}", run.stdout, run.stderr);
-    run
-}
-
-/// A copy of a board system file whose disk images live in the test's own directory.
-fn isolated_copy(name: &str) -> PathBuf {
-    let text = fs::read_to_string(board_dir().join(format!("{name}.toml"))).unwrap();
-    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux");
-    fs::create_dir_all(&directory).unwrap();
-    let board = board_dir().join("board.toml");
-    let text = text
-        .replace(
-            "board = \"qemu-virt-arm64\"",
-            &format!("board = \"{}\"", board.display()),
-        )
-        .replace("image = \"build/disks/", "image = \"disks/");
-    let path = directory.join(format!("{name}.toml"));
-    fs::write(&path, text).unwrap();
-    path
-}
 
 /// Runs a Linux blk system and checks the disk image on the host.
 fn blk_system_writes_the_pattern(name: &str, tests: &[&str]) -> Run {
@@ -104,7 +29,7 @@ fn blk_system_writes_the_pattern(name: &str, tests: &[&str]) -> Run {
     let system = config::load_system(&path).unwrap();
     let image = system.qemu_device("disk0").unwrap().image.clone().unwrap();
     assert!(image.starts_with(env!("CARGO_TARGET_TMPDIR")));
-    let run = run(&path);
+    let run = run(&path, &[]);
     assert!(run.success, "{name}.toml failed");
     assert!(run.stderr.contains(&format!("PASS: {name}")));
     assert!(
@@ -264,7 +189,7 @@ fn linux_owns_a_passed_through_disk_without_grants() {
 
 #[test]
 fn linux_reads_entropy_through_the_rng_appliance() {
-    let run = run(&board_dir().join("linux-rng.toml"));
+    let run = run(&board_dir().join("linux-rng.toml"), &[]);
     assert!(run.success, "linux-rng.toml failed");
     assert!(run
         .stdout
@@ -278,7 +203,7 @@ fn linux_reads_entropy_through_the_rng_appliance() {
 #[test]
 fn one_linux_guest_uses_two_appliances() {
     let path = isolated_copy("linux-mixed");
-    let run = run(&path);
+    let run = run(&path, &[]);
     assert!(run.success, "linux-mixed.toml failed");
     assert!(run
         .stdout

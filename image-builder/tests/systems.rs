@@ -18,79 +18,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 
+mod common;
+use common::{board_dir, isolated_copy, run, workspace_root};
 use image_builder::config;
 use image_builder::devicetree;
 use image_builder::layout;
 use image_builder::qemu;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("image-builder is inside the workspace")
-        .to_owned()
-}
-
-fn board_dir() -> PathBuf {
-    workspace_root().join("boards").join("qemu-virt-arm64")
-}
-
-/// Builds the images once; holds the lock that serializes runs.
-fn images() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    BUILT.get_or_init(|| {
-        let output = Command::new(env!("CARGO_BIN_EXE_image-builder"))
-            .arg("build")
-            .current_dir(workspace_root())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "image-builder build failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
-    guard
-}
-
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-fn run(system: &Path, extra: &[&str]) -> Run {
-    let _lock = images();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_image-builder"))
-        .arg("run")
-        .arg(system)
-        .arg("--no-build")
-        .args(extra)
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
-    let run = Run {
-        success: status.success(),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    };
-    eprintln!("{}", run.all());
-    run
-}
 
 /// A system file in the test's own directory that uses the real board.
 fn temporary_system(name: &str, text: &str) -> PathBuf {
@@ -273,26 +207,6 @@ memory = "6M"
 /// A copy of a board system file in the test's own directory whose disk images are there too,
 /// so that a run by hand of the same system (which recreates `build/disks/...`) cannot change
 /// the image between this test's run and its check of the image.
-fn isolated_copy(name: &str) -> PathBuf {
-    let text = fs::read_to_string(board_dir().join(format!("{name}.toml"))).unwrap();
-    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("isolated");
-    fs::create_dir_all(&directory).unwrap();
-    let board = board_dir().join("board.toml");
-    let text = text
-        .replace(
-            "board = \"qemu-virt-arm64\"",
-            &format!("board = \"{}\"", board.display()),
-        )
-        .replace("image = \"build/disks/", "image = \"disks/");
-    assert!(
-        text.contains(&board.display().to_string()),
-        "{name}: board key"
-    );
-    let path = directory.join(format!("{name}.toml"));
-    fs::write(&path, text).unwrap();
-    path
-}
-
 /// The value of `key=` in a domain's own bootargs.
 fn own_arg(system: &config::System, domain: &str, key: &str) -> Option<String> {
     let domain = system
