@@ -1,6 +1,6 @@
 //! DMA for the physical device a direct-mapped appliance owns: a `virtio-drivers` [`Hal`] with
 //! identity addresses, and the passed-through virtio-mmio window as a `virtio-drivers`
-//! transport.
+//! transport, and a counter-deadline waiter for its requests.
 //!
 //! A backend that drives a passed-through device (QEMU's virtio-mmio transports, without an
 //! IOMMU) hands the device our guest physical addresses, and the device uses them as host
@@ -42,6 +42,7 @@ mod bare_metal {
     use core::ptr::NonNull;
     use core::sync::atomic::{AtomicBool, Ordering};
 
+    use ferry_drivers_virtio::Waiter;
     use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
     use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
@@ -49,6 +50,7 @@ mod bare_metal {
     use crate::mmu;
     use crate::paging::MapError;
     use crate::platform::{Platform, Region};
+    use crate::time;
 
     /// The [`Hal`] of a direct-mapped appliance: DMA memory from the heap, device address =
     /// our address. Only sound in a direct-mapped domain: take the device with
@@ -99,6 +101,50 @@ mod bare_metal {
 
         unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {
             // Nothing to copy back: the device wrote the buffer itself (coherent DMA).
+        }
+    }
+
+    /// A [`Waiter`] for a physical device's requests that reads the counter at every pause
+    /// and gives up once `timeout` has passed since the request was submitted.
+    ///
+    /// Reading the counter in every poll also matters under QEMU `-icount`: a loop that only
+    /// reads the used ring lets guest time run far ahead of the device (about 25 us of guest time
+    /// per request against about 5 us, docs/transport-mmio-ioreq.md section 11).
+    #[derive(Debug)]
+    pub struct CounterWaiter {
+        timeout_ticks: u64,
+        deadline: u64,
+        name: &'static str,
+    }
+
+    impl CounterWaiter {
+        /// A waiter with a deadline of `timeout_ms` milliseconds of guest time per request;
+        /// `name` names the device in the message printed when a deadline passes.
+        pub fn new(name: &'static str, timeout_ms: u64) -> Self {
+            CounterWaiter {
+                timeout_ticks: time::ticks_from_micros(timeout_ms.saturating_mul(1000)),
+                deadline: u64::MAX,
+                name,
+            }
+        }
+    }
+
+    impl Waiter for CounterWaiter {
+        fn start(&mut self) {
+            self.deadline = time::now().saturating_add(self.timeout_ticks);
+        }
+
+        fn pause(&mut self) -> bool {
+            if time::now() < self.deadline {
+                return true;
+            }
+            // Not through the logger: the physical device is gone, whatever the loglevel.
+            crate::println!(
+                "ferry: {}: the physical device did not complete a request in time; \
+                 it is failed from now on",
+                self.name
+            );
+            false
         }
     }
 

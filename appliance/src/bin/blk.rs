@@ -11,14 +11,22 @@
 //! (`ferry_drivers::FaultyDisk`), which the frontend sees as VIRTIO_BLK_S_IOERR and the serve
 //! loop logs as a `PhysicalDevice` fault. A malformed value, or a range not on the disk, is a
 //! boot error (`ferry: boot error: bootarg blk.fail=<value>: <why>`, crash shutdown).
+//!
+//! Dead disk: a read or write the physical device has not completed after `blk.timeout_ms`
+//! milliseconds of guest time (decimal, default 5000) fails with an I/O error, and so does every
+//! later request (`ferry_drivers_virtio::VirtioDisk`: the device is not reset).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 ferry_appliance::entry!(blk);
 
+/// `blk.timeout_ms` when not given: 5 s of guest time for one physical request.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+const DEFAULT_TIMEOUT_MS: u64 = 5000;
+
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 fn blk(boot: &ferry_appliance::BootInfo) -> ferry_appliance::Exit {
-    use ferry_appliance::dma::{passthrough_virtio_mmio, DirectMapHal};
+    use ferry_appliance::dma::{passthrough_virtio_mmio, CounterWaiter, DirectMapHal};
     use ferry_appliance::transport::mmio_ioreq;
     use ferry_appliance::{println, Exit};
     use ferry_backend_blk::Blk;
@@ -39,6 +47,18 @@ fn blk(boot: &ferry_appliance::BootInfo) -> ferry_appliance::Exit {
             Err(error) => return bad_bootarg(value, error),
         },
     };
+    let timeout_ms = match boot.arg("blk.timeout_ms") {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(value) => match value.parse::<u64>() {
+            Ok(ms) if ms > 0 => ms,
+            _ => {
+                println!(
+                    "ferry: boot error: bootarg blk.timeout_ms={value}: not a positive number"
+                );
+                return Exit::Failure;
+            }
+        },
+    };
     let (transport, window) = match passthrough_virtio_mmio(boot.platform) {
         Ok(device) => device,
         Err(error) => {
@@ -46,7 +66,8 @@ fn blk(boot: &ferry_appliance::BootInfo) -> ferry_appliance::Exit {
             return Exit::Failure;
         }
     };
-    let disk = match VirtioDisk::<DirectMapHal, _>::new(transport) {
+    let waiter = CounterWaiter::new("blk", timeout_ms);
+    let disk = match VirtioDisk::<DirectMapHal, _, _>::with_waiter(transport, waiter) {
         Ok(disk) => disk,
         Err(error) => {
             println!("ferry: serve: blk failed: device at {window}: {error}");

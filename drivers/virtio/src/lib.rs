@@ -13,15 +13,23 @@
 //! in-process transport over a Ferry device in host tests) and the `Hal` that shares buffers
 //! with the device.
 //!
+//! # Unsafe code
+//! Unsafe code is denied, and allowed only where `virtio-drivers`' non-blocking block API needs
+//! it (`VirtioDisk`'s request submission and completion): the caller of that API promises that
+//! the request's buffers stay valid and untouched until the device has used them, which no
+//! signature can express. Each such block says why its buffers outlive the request.
+//!
 //! # Limitations
-//! - Polling, no interrupts: every request is submitted and then waited for by spinning on the
-//!   used ring (`virtio-drivers`' blocking API). A device that never completes a request hangs
-//!   the appliance; there is no timeout.
+//! - Polling, no interrupts: every read and write is submitted and then waited for by polling
+//!   the used ring, pausing with a [`Waiter`] between polls. A waiter with a deadline bounds the
+//!   wait on a dead device: the request is abandoned and the disk fails for good (see
+//!   [`VirtioDisk`]); the device is not reset. FLUSH, GET_ID and the entropy device still use
+//!   `virtio-drivers`' blocking API (it has no non-blocking variant for them) and wait forever.
 //! - Features are the ones `virtio-drivers` 0.13 negotiates (blk: RO, FLUSH; both: VERSION_1,
 //!   INDIRECT_DESC, EVENT_IDX). Discard and write-zeroes are not offered to the device, the
 //!   block size is reported as 512 and configuration changes (a resized disk) are not followed.
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 extern crate alloc;
@@ -29,7 +37,7 @@ extern crate alloc;
 mod disk;
 mod entropy;
 
-pub use disk::{VirtioDisk, FALLBACK_ID, MAX_REQUEST_BYTES};
+pub use disk::{Spin, VirtioDisk, Waiter, FALLBACK_ID, MAX_REQUEST_BYTES};
 pub use entropy::{VirtioEntropy, MAX_ENTROPY_REQUEST};
 /// The `virtio-drivers` crate this one is built on, so that callers name the same `Hal`,
 /// `Transport` and `MmioTransport` types.

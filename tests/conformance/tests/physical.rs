@@ -18,10 +18,13 @@ use ferry_backend_rng::Rng;
 use ferry_conformance::{pattern, DeviceHandle, InProcessTransport, RecordingSource, TestHal};
 use ferry_drivers::{BlockDevice, DeviceError, EntropySource, RamDisk, SECTOR_SIZE};
 use ferry_drivers_virtio::{
-    ProbeError, VirtioDisk, VirtioEntropy, FALLBACK_ID, MAX_ENTROPY_REQUEST, MAX_REQUEST_BYTES,
+    ProbeError, VirtioDisk, VirtioEntropy, Waiter, FALLBACK_ID, MAX_ENTROPY_REQUEST,
+    MAX_REQUEST_BYTES,
 };
 use ferry_virtio::features::*;
 use ferry_virtio::{Completion, DescriptorChain, Device, DeviceModel, Fault, GuestMemory};
+use std::cell::Cell;
+use std::rc::Rc;
 use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE as VD_SECTOR};
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::DeviceType;
@@ -200,6 +203,86 @@ fn virtio_disk_reports_device_failures_as_io_errors() {
         "{faults:?}"
     );
     disk.read(0, &mut buf).expect("the device keeps serving");
+}
+
+/// A waiter that counts its calls and gives up after `limit` pauses of one request.
+#[derive(Default)]
+struct CountingWaiter {
+    limit: u32,
+    starts: Rc<Cell<u32>>,
+    pauses: Rc<Cell<u32>>,
+    this_request: u32,
+}
+
+impl Waiter for CountingWaiter {
+    fn start(&mut self) {
+        self.starts.set(self.starts.get() + 1);
+        self.this_request = 0;
+    }
+    fn pause(&mut self) -> bool {
+        self.pauses.set(self.pauses.get() + 1);
+        self.this_request += 1;
+        self.this_request <= self.limit
+    }
+}
+
+#[test]
+fn virtio_disk_waits_with_its_waiter_and_fails_for_good_on_a_dead_device() {
+    let (transport, handle) = InProcessTransport::new(Device::new(Blk::new(RamDisk::new(256)), 0));
+    let waiter = CountingWaiter {
+        limit: 3,
+        ..Default::default()
+    };
+    let (starts, pauses) = (waiter.starts.clone(), waiter.pauses.clone());
+    let mut disk = VirtioDisk::<TestHal, _, _>::with_waiter(transport, waiter).expect("probe");
+
+    // A live device: the in-process device completes on notify, so there is nothing to pause
+    // for; the waiter is started once per request (200 sectors = two 64 KiB requests).
+    let data = pattern(7, 200 * SECTOR_SIZE);
+    disk.write(10, &data).expect("write");
+    let mut back = vec![0u8; data.len()];
+    disk.read(10, &mut back).expect("read");
+    assert_eq!(back, data);
+    disk.write_zeroes(10, 1).expect("write zeroes");
+    assert_eq!((starts.get(), pauses.get()), (5, 0));
+    assert!(!disk.failed());
+
+    // The device dies: it stops processing its queue (FAILED set behind the driver's back, so
+    // notifications are ignored) and never completes the next request.
+    let status = handle.borrow().status();
+    handle.borrow_mut().set_status(status | STATUS_FAILED);
+    handle.borrow_mut().take_faults();
+    let before = requests(&handle);
+    let mut sector = vec![0xa5u8; SECTOR_SIZE];
+    assert_eq!(
+        disk.read(0, &mut sector),
+        Err(DeviceError::Io),
+        "deadline passed"
+    );
+    assert_eq!(
+        (starts.get(), pauses.get()),
+        (6, 4),
+        "3 pauses granted, the 4th refused"
+    );
+    assert!(disk.failed());
+    assert_eq!(
+        sector,
+        vec![0xa5u8; SECTOR_SIZE],
+        "the caller's buffer is untouched"
+    );
+
+    // Failed for good: nothing reaches the queue any more (no notification, no wait).
+    handle.borrow_mut().take_faults();
+    assert_eq!(disk.read(0, &mut sector), Err(DeviceError::Io));
+    assert_eq!(disk.write(0, &sector), Err(DeviceError::Io));
+    assert_eq!(disk.write_zeroes(0, 1), Err(DeviceError::Io));
+    assert_eq!(disk.flush(), Err(DeviceError::Io));
+    assert_eq!((starts.get(), pauses.get()), (6, 4));
+    assert_eq!(requests(&handle), before);
+    assert!(handle.borrow_mut().take_faults().is_empty());
+    // Range checks still come first.
+    assert_eq!(disk.read(256, &mut sector), Err(DeviceError::OutOfRange));
+    assert!(format!("{disk:?}").contains("failed: true"));
 }
 
 /// Ferry's blk model, except that it answers GET_ID with UNSUPP (like a device without serial).
