@@ -437,33 +437,15 @@ fn linux_run(path: &Path, images: &Path) -> Result<LinuxRun> {
     let system = config::load_system(path)?;
     let mut lines = Vec::new();
     let mut run_init_us = None;
-    let mut printer = quiet_printer();
-    let report = qemu::run(
-        &system,
-        &RunOptions {
-            images: images.to_owned(),
-            timeout: Duration::from_secs(system.timeout_seconds),
-            icount: true,
-            keep: None,
-        },
-        &mut |print: Print| {
-            if let Print::Console { text, .. } = &print {
-                if let Some(line) = bench::BenchLine::parse(text) {
-                    lines.push(line);
-                }
-                if let Some(us) = bench::linux_run_init_us(text) {
-                    run_init_us.get_or_insert(us);
-                }
-            }
-            printer(print);
-        },
-    )?;
-    if !report.is_success() {
-        for line in report.summary(&system) {
-            eprintln!("{line}");
+    let report = icount_run(&system, images, |text| {
+        if let Some(line) = bench::BenchLine::parse(text) {
+            lines.push(line);
         }
-        bail!("{}: {}", system.name(), verdict_word(&report));
-    }
+        if let Some(us) = bench::linux_run_init_us(text) {
+            run_init_us.get_or_insert(us);
+        }
+    })?;
+    require_success(&system, &report)?;
     if lines.is_empty() {
         bail!("{}: Linux printed no `ferry: bench:` line", system.name());
     }
@@ -597,6 +579,38 @@ fn linux_tables(
     Ok(())
 }
 
+/// Runs `system` once under icount (one CPU) at its own timeout, quietly, handing every console
+/// line's text to `on_line`.
+fn icount_run(system: &System, images: &Path, mut on_line: impl FnMut(&str)) -> Result<RunReport> {
+    let mut printer = quiet_printer();
+    qemu::run(
+        system,
+        &RunOptions {
+            images: images.to_owned(),
+            timeout: Duration::from_secs(system.timeout_seconds),
+            icount: true,
+            keep: None,
+        },
+        &mut |print: Print| {
+            if let Print::Console { text, .. } = &print {
+                on_line(text);
+            }
+            printer(print);
+        },
+    )
+}
+
+/// Fails with the run's summary unless every domain passed.
+fn require_success(system: &System, report: &RunReport) -> Result<()> {
+    if !report.is_success() {
+        for line in report.summary(system) {
+            eprintln!("{line}");
+        }
+        bail!("{}: {}", system.name(), verdict_word(report));
+    }
+    Ok(())
+}
+
 fn quiet_printer() -> impl FnMut(Print) {
     |print: Print| {
         if let Print::Progress(line) = print {
@@ -652,24 +666,11 @@ fn blk_run(path: &Path, images: &Path, table: &mut Vec<String>) -> Result<Vec<be
         bail!("{}: no domain runs the probe appliance", path.display());
     }
     let mut lines = Vec::new();
-    let mut printer = quiet_printer();
-    let report = qemu::run(
-        &system,
-        &RunOptions {
-            images: images.to_owned(),
-            timeout: Duration::from_secs(system.timeout_seconds),
-            icount: true,
-            keep: None,
-        },
-        &mut |print: Print| {
-            if let Print::Console { text, .. } = &print {
-                if let Some(line) = bench::BenchLine::parse(text) {
-                    lines.push(line);
-                }
-            }
-            printer(print);
-        },
-    )?;
+    let report = icount_run(&system, images, |text| {
+        if let Some(line) = bench::BenchLine::parse(text) {
+            lines.push(line);
+        }
+    })?;
     table.push(String::new());
     table.push(format!(
         "# boot to ready: {} (icount, -smp 1; run: {})",
@@ -677,12 +678,7 @@ fn blk_run(path: &Path, images: &Path, table: &mut Vec<String>) -> Result<Vec<be
         verdict_word(&report)
     ));
     ready_table(&system, &report, table);
-    if !report.is_success() {
-        for line in report.summary(&system) {
-            eprintln!("{line}");
-        }
-        bail!("{}: {}", system.name(), verdict_word(&report));
-    }
+    require_success(&system, &report)?;
     if lines.is_empty() {
         bail!(
             "{}: the probe printed no `ferry: bench:` line with probe.bench=1",
